@@ -1,0 +1,1 @@
+"""spotq: Spot interruption handler for Kubernetes on AWS."""

@@ -1,0 +1,206 @@
+"""Run a plan's steps for one node: announce, mark (one idempotent PATCH), drain once, complete the hook."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import Protocol
+
+from spotq import clock, draining, plans
+from spotq.draining import DrainOptions, DrainReport, PodApi
+from spotq.errors import TransientError
+from spotq.kube.marks import Marks
+from spotq.kube.nodes import NodeIndex, NodeRef
+from spotq.notices import LifecycleHook, Notice
+from spotq.observability import logs, metrics
+from spotq.slots import DeadlineSlots
+
+
+class NodeWriter(Protocol):
+    async def mark(self, node: NodeRef, marks: Marks) -> bool: ...
+
+
+class EventSink(Protocol):
+    async def node_event(self, node: str, reason: str, message: str, *, warning: bool = False) -> None: ...
+
+
+class LifecycleApi(Protocol):
+    async def complete(self, hook: LifecycleHook) -> None: ...
+
+    async def heartbeat(self, hook: LifecycleHook) -> None: ...
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    prefix: str
+    drain: DrainOptions
+    heartbeat_seconds: float
+
+
+class Actor:
+    def __init__(
+        self,
+        *,
+        writer: NodeWriter,
+        pods: PodApi,
+        events: EventSink,
+        lifecycle: LifecycleApi | None,
+        index: NodeIndex,
+        config: ActorConfig,
+        drain_slots: DeadlineSlots,
+        evictions: asyncio.Semaphore,
+    ) -> None:
+        self._writer = writer
+        self._pods = pods
+        self._events = events
+        self._lifecycle = lifecycle
+        self._index = index
+        self._config = config
+        self._drain_slots = drain_slots
+        self._evictions = evictions
+        self._drains: dict[str, asyncio.Future[DrainReport]] = {}
+
+    async def act(
+        self, plan: plans.Plan, notice: Notice, node: NodeRef | None, received_loop_time: float, log: logs.Context
+    ) -> DrainReport | None:
+        report: DrainReport | None = None
+        complete = plan.find(plans.CompleteLifecycle)
+        # A terminate hook waits on the drain: heartbeats keep it from timing out meanwhile.
+        hook = complete.hook if isinstance(complete, plans.CompleteLifecycle) and not complete.when_node_ready else None
+        if node is not None:
+            if plan.find(plans.Announce):
+                await self._events.node_event(node.name, "InterruptionNotice", _describe(notice, plan))
+            marks = self._marks(plan, notice)
+            if marks is not None:
+                changed = await self._writer.mark(node, marks)
+                metrics.RECEIPT_TO_TAINT.observe(asyncio.get_running_loop().time() - received_loop_time)
+                log.info("node marked" if changed else "node already marked", extra={"steps": plan.step_names})
+            if plan.drains:
+                report = await self._drain_once(node, plan, hook, log)
+        if isinstance(complete, plans.CompleteLifecycle) and self._lifecycle is not None:
+            if complete.when_node_ready:
+                await self._wait_ready(node, plan)
+            await self._lifecycle.complete(complete.hook)
+            metrics.LIFECYCLE_COMPLETIONS.labels(result="continue").inc()
+            log.info("lifecycle action completed", extra={"hook": complete.hook.hook_name})
+        return report
+
+    def _marks(self, plan: plans.Plan, notice: Notice) -> Marks | None:
+        if not plan.marks_node:
+            return None
+        taints = tuple(
+            (step.key, notice.event_id or "", step.effect) for step in plan.steps if isinstance(step, plans.Taint)
+        )
+        labels = {step.label: "true" for step in plan.steps if isinstance(step, plans.ExcludeFromLoadBalancers)}
+        record = {
+            "id": notice.event_id,
+            "noticed_at": clock.now().isoformat(),
+            "deadline": plan.deadline.isoformat(),
+        }
+        overwrite = {f"{self._config.prefix}/drain": "started"} if plan.drains else {}
+        return Marks(
+            taints=tuple((key, _label_value(value), effect) for key, value, effect in taints),
+            cordon=plan.find(plans.Cordon) is not None,
+            labels=labels,
+            annotations={f"{self._config.prefix}/{notice.kind.value.replace('_', '-')}": json.dumps(record)},
+            overwrite_annotations=overwrite,
+        )
+
+    async def _drain_once(
+        self, node: NodeRef, plan: plans.Plan, hook: LifecycleHook | None, log: logs.Context
+    ) -> DrainReport:
+        """One drain per node: a second notice for a node being drained waits for the running drain."""
+        running = self._drains.get(node.name)
+        if running is not None:
+            log.info("drain already running, joining it")
+            return await asyncio.shield(running)
+        future: asyncio.Future[DrainReport] = asyncio.get_running_loop().create_future()
+        self._drains[node.name] = future
+        try:
+            report = await self._drain(node, plan, hook, log)
+        except BaseException as exc:
+            future.set_exception(exc if isinstance(exc, Exception) else TransientError("drain cancelled"))
+            future.exception()  # retrieved: joiners re-raise it, nobody else must
+            raise
+        finally:
+            del self._drains[node.name]
+        future.set_result(report)
+        return report
+
+    async def _drain(
+        self, node: NodeRef, plan: plans.Plan, hook: LifecycleHook | None, log: logs.Context
+    ) -> DrainReport:
+        deadline = clock.loop_deadline(plan.deadline)
+        loop = asyncio.get_running_loop()
+        async with self._drain_slots.hold(deadline):
+            started = loop.time()
+            metrics.DRAINS_IN_FLIGHT.inc()
+            try:
+                await self._events.node_event(node.name, "DrainStarted", f"draining until {plan.deadline.isoformat()}")
+                async with asyncio.TaskGroup() as group:
+                    beats = group.create_task(self._heartbeats(hook, log)) if hook else None
+                    report = await draining.drain(node.name, deadline, self._pods, self._config.drain, self._evictions)
+                    if beats is not None:
+                        beats.cancel()
+            finally:
+                metrics.DRAINS_IN_FLIGHT.dec()
+        duration = loop.time() - started
+        result = "complete" if report.complete else ("timed_out" if report.timed_out else "blocked")
+        metrics.DRAIN_DURATION.labels(result=result).observe(duration)
+        fields = {"evicted": len(report.evicted), "blocked": len(report.blocked), "seconds": round(duration, 2)}
+        if report.complete:
+            log.info("drain finished", extra=fields)
+            await self._events.node_event(
+                node.name, "DrainFinished", f"evicted {len(report.evicted)} pods in {duration:.1f}s"
+            )
+        else:
+            blockers = "; ".join(f"{pod}: {why}" for pod, why in sorted(report.blocked.items()))
+            log.warning("drain incomplete", extra={**fields, "timed_out": report.timed_out, "blockers": blockers})
+            await self._events.node_event(
+                node.name,
+                "DrainTimedOut" if report.timed_out else "DrainBlocked",
+                f"{len(report.blocked)} pods not drained: {blockers}",
+                warning=True,
+            )
+        state = "finished" if report.complete else ("timed-out" if report.timed_out else "blocked")
+        fresh = self._index.by_name(node.name) or node
+        await self._writer.mark(fresh, Marks(overwrite_annotations={f"{self._config.prefix}/drain": state}))
+        return report
+
+    async def _heartbeats(self, hook: LifecycleHook, log: logs.Context) -> None:
+        lifecycle = self._lifecycle
+        while lifecycle is not None:
+            await asyncio.sleep(self._config.heartbeat_seconds)
+            try:
+                await lifecycle.heartbeat(hook)
+            except Exception as exc:
+                log.warning("lifecycle heartbeat failed", extra={"error": str(exc)[:200]})
+
+    async def _wait_ready(self, node: NodeRef | None, plan: plans.Plan) -> None:
+        name = node.name if node else None
+        if name is None:
+            raise TransientError("launch hook: the new instance is not a node yet")
+
+        def ready() -> bool:
+            current = self._index.by_name(name)
+            return current is not None and current.ready
+
+        try:
+            async with asyncio.timeout_at(clock.loop_deadline(plan.deadline)):
+                await self._index.wait_for(ready)
+        except TimeoutError:
+            raise TransientError(f"launch hook: node {name} not Ready before the deadline") from None
+
+
+def _describe(notice: Notice, plan: plans.Plan) -> str:
+    return (
+        f"{notice.kind.value} notice {notice.event_id} for {', '.join(notice.instance_ids)}; "
+        f"steps: {', '.join(plan.step_names)}; deadline {plan.deadline.isoformat()}"
+    )
+
+
+def _label_value(value: str) -> str:
+    """Taint values follow label-value syntax: at most 63 of [A-Za-z0-9-_.], alphanumeric at both ends."""
+    cleaned = "".join(c if c.isalnum() or c in "-_." else "-" for c in value)[:63]
+    return cleaned.strip("-_.")

@@ -1,0 +1,136 @@
+"""Composition root of queue mode: open the clients, wire the stages, run them in one TaskGroup, stop in order."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from spotq import acting, handling, planning, selectors
+from spotq.aws import session
+from spotq.aws.autoscaling import Lifecycle
+from spotq.aws.ec2 import InstanceLookup
+from spotq.aws.sqs import Queue
+from spotq.dispatching import Dispatcher
+from spotq.draining import DrainOptions
+from spotq.errors import ConfigError
+from spotq.kube.client import KubeClient
+from spotq.kube.events import EventRecorder
+from spotq.kube.marks import NodeMarker
+from spotq.kube.nodes import NodeIndex
+from spotq.kube.pods import PodClient
+from spotq.observability import probes
+from spotq.resolving import Resolver
+from spotq.settings import Settings
+from spotq.slots import DeadlineSlots
+
+log = logging.getLogger("spotq")
+
+
+def drain_options(settings: Settings) -> DrainOptions:
+    kube, drain = settings.kube, settings.drain
+    protected = (
+        frozenset({f"{kube.pod_namespace}/{kube.pod_name}"}) if kube.pod_name and kube.pod_namespace else frozenset()
+    )
+    return DrainOptions(
+        delete_emptydir_data=drain.delete_emptydir_data,
+        evict_unmanaged_pods=drain.evict_unmanaged_pods,
+        force_delete_before_deadline_seconds=drain.force_delete_before_deadline_seconds,
+        retry_initial_seconds=drain.retry_initial_seconds,
+        retry_max_seconds=drain.retry_max_seconds,
+        protected=protected,
+    )
+
+
+async def run_queue_mode(
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    on_listening: Callable[[int], None] | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT (or `stop` is set). Returns the process exit code."""
+    assert settings.queue.url is not None
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    selector = selectors.parse(settings.kube.node_selector)
+    async with AsyncExitStack() as stack:
+        # Each drain holds one pod watch; ordinary requests need room beside them.
+        kube = await KubeClient.connect(settings.kube, max_connections=settings.drain.max_concurrent_nodes + 200)
+        stack.push_async_callback(kube.close)
+        sqs = await session.open_client(stack, "sqs", settings.aws)
+        ec2 = await session.open_client(stack, "ec2", settings.aws)
+        autoscaling = await session.open_client(stack, "autoscaling", settings.aws)
+        queue = Queue(sqs, settings.queue.url)
+        await _check_queue(sqs, settings.queue.url)
+
+        index = NodeIndex(selector, settings.kube.taint_prefix)
+        lookup = InstanceLookup(ec2)
+        actor = acting.Actor(
+            writer=NodeMarker(kube),
+            pods=PodClient(kube),
+            events=EventRecorder(kube),
+            lifecycle=Lifecycle(autoscaling),
+            index=index,
+            config=acting.ActorConfig(
+                prefix=settings.kube.taint_prefix,
+                drain=drain_options(settings),
+                heartbeat_seconds=settings.drain.lifecycle_heartbeat_seconds,
+            ),
+            drain_slots=DeadlineSlots(settings.drain.max_concurrent_nodes),
+            evictions=asyncio.Semaphore(settings.drain.max_concurrent_evictions),
+        )
+        handler = handling.Handler(
+            resolver=Resolver(index, lookup, settings.kube.instance_tag),
+            actor=actor,
+            policy=planning.Policy.from_settings(settings),
+            unknown_instance_fate=settings.queue.unknown_instance_fate,
+            dry_run=settings.policy.dry_run,
+        )
+        dispatcher = Dispatcher(
+            queue, handler.handle, settings.queue, stop_grace_seconds=settings.queue.stop_grace_seconds
+        )
+
+        async def ready() -> tuple[bool, str]:
+            if not index.synced.is_set():
+                return False, "node index not synced"
+            last = dispatcher.state.last_receive_ok
+            if last is not None and loop.time() - last < settings.queue.wait_seconds + 15:
+                return True, "ok"
+            return (True, "ok") if await queue.reachable() else (False, "queue not reachable")
+
+        runner, port = await probes.serve(probes.make_app(ready), settings.server.address, settings.server.port)
+        stack.push_async_callback(runner.cleanup)
+        log.info(
+            "spotq started",
+            extra={"mode": "queue", "queue": settings.queue.url, "port": port, "dry_run": settings.policy.dry_run},
+        )
+        if on_listening is not None:
+            on_listening(port)
+        async with asyncio.TaskGroup() as group:
+            background = [group.create_task(index.run(kube)), group.create_task(lookup.run())]
+            await dispatcher.run(stop)
+            for task in background:
+                task.cancel()
+        log.info("spotq stopped")
+    return 0
+
+
+async def _check_queue(sqs: object, url: str) -> None:
+    """A queue that does not exist is a wrong setting: fail at start. Network trouble is only logged."""
+    try:
+        await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])  # type: ignore[attr-defined]
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if "NonExistentQueue" in code or code == "QueueDoesNotExist":
+            raise ConfigError(f"invalid setting SPOTQ_QUEUE__URL: no such queue: {url}") from None
+        log.warning("queue check failed", extra={"error": str(exc)[:200]})
+    except BotoCoreError as exc:
+        log.warning("queue not reachable yet", extra={"error": str(exc)[:200]})

@@ -1,0 +1,141 @@
+"""Entry: parse the command line, load settings, configure logs, run. Errors become one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import pydantic
+
+from spotq import notices, parsing, planning
+from spotq import settings as settings_module
+from spotq.errors import ConfigError
+from spotq.observability import logs
+from spotq.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"spotq: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "explain":
+        return explain(args.file, settings)
+    if args.command == "run":
+        return _run(settings)
+    parser.print_help()
+    return 2
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except pydantic.ValidationError as exc:
+        error = exc.errors()[0]
+        location = "__".join(str(part) for part in error["loc"]).upper()
+        raise ConfigError(f"invalid setting SPOTQ_{location}: {error['msg']}") from None
+    except Exception as exc:
+        raise ConfigError(f"invalid settings: {exc}") from None
+
+
+def _run(settings: Settings) -> int:
+    from spotq import app  # the SDKs load only for the long-running modes
+
+    if not settings.queue.url:
+        print("spotq: missing setting SPOTQ_QUEUE__URL (the SQS queue to consume)", file=sys.stderr)
+        return 2
+    logs.configure(settings.log)
+    try:
+        return asyncio.run(app.run_queue_mode(settings))
+    except ConfigError as exc:
+        print(f"spotq: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def explain(path: str, settings: Settings) -> int:
+    """Classify one body and print what the current settings would do with it."""
+    try:
+        if path == "-":
+            body: bytes = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as handle:
+                body = handle.read()
+    except OSError as exc:
+        print(f"spotq: cannot read {path}: {exc.strerror}", file=sys.stderr)
+        return 1
+    notice = parsing.parse(body)
+    print(json.dumps(describe_notice(notice, settings), indent=2))
+    return 0
+
+
+def describe_notice(notice: notices.Notice, settings: Settings) -> dict[str, Any]:
+    policy = planning.Policy.from_settings(settings)
+    now = datetime.now(UTC)
+    plan = planning.plan(notice, policy, notice.event_time or now)
+    out: dict[str, Any] = {
+        "kind": notice.kind.value,
+        "instance_ids": list(notice.instance_ids),
+        "event_id": notice.event_id,
+        "event_time": _iso(notice.event_time),
+        "deadline": _iso(notice.deadline),
+        "actions": plan.step_names if notice.instance_ids else [],
+        "dry_run": settings.policy.dry_run,
+    }
+    if notice.instance_ids:
+        out["drain_deadline"] = _iso(plan.deadline)
+    if isinstance(notice, notices.Ignored | notices.Malformed):
+        out["reason"] = notice.reason
+    if isinstance(notice, notices.SpotInterruption):
+        out["instance_action"] = notice.action
+    if isinstance(notice, notices.StateChange):
+        out["state"] = notice.state
+    if isinstance(notice, notices.LifecycleTerminate | notices.LifecycleLaunch):
+        out["lifecycle_hook"] = {
+            "auto_scaling_group": notice.hook.group_name,
+            "hook": notice.hook.hook_name,
+            "destination": notice.hook.destination,
+        }
+    return out
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spotq", description="Spot interruption handler for Kubernetes on AWS.")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser(
+        "run",
+        help="consume interruption events from SQS and drain the nodes (queue mode)",
+        description="Queue mode: consume EventBridge/Auto Scaling events from SQS, taint, cordon and drain "
+        "the nodes. Configured only through environment variables:",
+        epilog=_settings_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    explain_parser = sub.add_parser(
+        "explain",
+        help="classify one message body and print what would be done (no AWS, no cluster)",
+        description="Read one SQS message body (file or '-' for stdin) and print its classification as JSON.",
+    )
+    explain_parser.add_argument("file", nargs="?", default="-", help="message body file, or - for stdin")
+    return parser
+
+
+def _settings_table() -> str:
+    lines = ["settings (environment variables):"]
+    for env, default, description in settings_module.describe():
+        lines.append(f"  {env}  [default: {default or '-'}]\n      {description}")
+    return "\n".join(lines)

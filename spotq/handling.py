@@ -1,0 +1,114 @@
+"""One delivery through the pipeline: parse → resolve each instance → plan → act → outcome."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from datetime import datetime
+from typing import Literal
+
+from spotq import acting, clock, notices, parsing, planning
+from spotq.acknowledging import Outcome, combine
+from spotq.errors import PermanentError, TransientError
+from spotq.notices import Delivery, InstanceId, Notice
+from spotq.observability import logs, metrics
+from spotq.resolving import Resolver
+
+log = logs.get("spotq.handling")
+
+# Remember this many instances already reported as unknown, so each is logged once, not once per redelivery.
+_SEEN_UNKNOWN = 10_000
+
+
+class Handler:
+    def __init__(
+        self,
+        *,
+        resolver: Resolver,
+        actor: acting.Actor,
+        policy: planning.Policy,
+        unknown_instance_fate: Literal["delete", "release"],
+        dry_run: bool,
+    ) -> None:
+        self._resolver = resolver
+        self._actor = actor
+        self._policy = policy
+        self._unknown_fate = unknown_instance_fate
+        self._dry_run = dry_run
+        self._unknown_logged: OrderedDict[InstanceId, None] = OrderedDict()
+
+    async def handle(self, delivery: Delivery) -> tuple[Notice, Outcome]:
+        received_loop_time = asyncio.get_running_loop().time()
+        received_at = clock.now()
+        notice = parsing.parse(delivery.body)
+        metrics.MESSAGES_RECEIVED.labels(kind=notice.kind.value).inc()
+        if notice.event_time is not None:
+            age = (received_at - notice.event_time).total_seconds()
+            metrics.MESSAGE_AGE.labels(kind=notice.kind.value).observe(max(age, 0.0))
+        context = log.bind(kind=notice.kind.value, notice_id=notice.event_id, message_id=delivery.message_id)
+        if isinstance(notice, notices.Malformed):
+            context.warning("malformed message", extra={"reason": notice.reason, "body": _excerpt(delivery.body)})
+            return notice, Outcome.MALFORMED
+        if isinstance(notice, notices.Ignored):
+            context.info("ignored message", extra={"reason": notice.reason, "body": _excerpt(delivery.body)})
+            return notice, Outcome.IGNORED
+        if isinstance(notice, notices.TestNotification):
+            context.info("auto scaling test notification")
+            return notice, Outcome.TEST_NOTIFICATION
+        context.info("notice received", extra={"instances": ",".join(notice.instance_ids)})
+        async with asyncio.TaskGroup() as group:
+            tasks = [
+                group.create_task(self._instance(notice, instance_id, received_at, received_loop_time, context))
+                for instance_id in notice.instance_ids
+            ]
+        return notice, combine([task.result() for task in tasks])
+
+    async def _instance(
+        self,
+        notice: Notice,
+        instance_id: InstanceId,
+        received_at: datetime,
+        received_loop_time: float,
+        context: logs.Context,
+    ) -> Outcome:
+        context = context.bind(instance=instance_id)
+        try:
+            resolution = await self._resolver.resolve(instance_id)
+            node = resolution.node
+            if node is not None:
+                context = context.bind(node=node.name)
+            outcome = Outcome.DONE
+            if not resolution.in_scope:
+                if isinstance(notice, notices.LifecycleLaunch) and node is None:
+                    return Outcome.TRANSIENT  # the new instance has not registered as a node yet
+                outcome = Outcome.UNKNOWN_INSTANCE if node is None else Outcome.OUT_OF_SCOPE
+                self._log_unknown(instance_id, resolution.why, context)
+                if node is not None or self._unknown_fate == "release":
+                    return outcome  # not ours to touch
+            plan = planning.plan(notice, self._policy, received_at, node_known=node is not None)
+            if not plan.steps:
+                context.info("no action for this notice")
+                return outcome if outcome is not Outcome.DONE else Outcome.NO_ACTION
+            if self._dry_run:
+                context.info("dry run: would act", extra={"steps": plan.step_names})
+                return Outcome.DRY_RUN
+            await self._actor.act(plan, notice, node if resolution.in_scope else None, received_loop_time, context)
+            return outcome
+        except PermanentError as exc:
+            context.warning("notice failed for good", extra={"error": str(exc)[:300]})
+            return Outcome.FAILED
+        except TransientError as exc:
+            context.warning("notice will be retried", extra={"error": str(exc)[:300]})
+            return Outcome.TRANSIENT
+
+    def _log_unknown(self, instance_id: InstanceId, why: str, context: logs.Context) -> None:
+        if instance_id in self._unknown_logged:
+            return
+        self._unknown_logged[instance_id] = None
+        if len(self._unknown_logged) > _SEEN_UNKNOWN:
+            self._unknown_logged.popitem(last=False)
+        context.info("instance not acted on", extra={"why": why})
+
+
+def _excerpt(body: str) -> str:
+    return body[:200] + ("…" if len(body) > 200 else "")

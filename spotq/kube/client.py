@@ -1,0 +1,127 @@
+"""A lean Kubernetes JSON client: kubernetes_asyncio loads the config and TLS, we speak raw JSON.
+
+Raw JSON avoids building model objects for every node and pod (the hot path at 1000 nodes), and one client with
+one rate limiter is shared by everything spotq does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+
+from spotq.errors import ApiError, ConfigError, TransientError
+from spotq.observability import metrics
+from spotq.ratelimit import TokenBucket
+from spotq.settings import KubeSettings
+
+JSON = dict[str, Any]
+
+
+class KubeClient:
+    def __init__(self, api: Any, settings: KubeSettings) -> None:
+        self._api = api
+        self._host: str = api.configuration.host
+        self._session: aiohttp.ClientSession = api.rest_client.pool_manager
+        self._bucket = TokenBucket(settings.qps, settings.burst)
+        self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
+
+    @classmethod
+    async def connect(cls, settings: KubeSettings, *, max_connections: int) -> KubeClient:
+        configuration = k8s_client.Configuration()
+        try:
+            if settings.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+                k8s_config.load_incluster_config(client_configuration=configuration)
+            else:
+                await k8s_config.load_kube_config(
+                    config_file=settings.kubeconfig,
+                    context=settings.context,
+                    client_configuration=configuration,
+                )
+        except Exception as exc:
+            raise ConfigError(f"invalid setting SPOTQ_KUBE__KUBECONFIG: cannot load Kubernetes config: {exc}") from None
+        # Watches hold a connection each; leave room for them beside ordinary requests.
+        configuration.connection_pool_maxsize = max_connections
+        return cls(k8s_client.ApiClient(configuration), settings)
+
+    async def close(self) -> None:
+        await self._api.close()
+
+    async def _headers(self, content_type: str) -> dict[str, str]:
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        await self._api.update_params_for_auth(headers, [], ["BearerToken"])
+        return headers
+
+    def _url(self, path: str, query: dict[str, str] | None) -> str:
+        return self._host + path + ("?" + urlencode(query) if query else "")
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, str] | None = None,
+        body: JSON | None = None,
+        content_type: str = "application/json",
+        operation: str,
+    ) -> JSON:
+        """One API call; non-2xx raises ApiError (status kept), network trouble TransientError."""
+        await self._bucket.acquire()
+        metrics.KUBE_REQUESTS.labels(operation=operation).inc()
+        data = json.dumps(body) if body is not None else None
+        try:
+            async with self._session.request(
+                method,
+                self._url(path, query),
+                data=data,
+                headers=await self._headers(content_type),
+                timeout=self._timeout,
+            ) as response:
+                text = await response.text()
+                if response.status >= 300:
+                    metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()
+                    raise ApiError(response.status, response.reason or "", text, _retry_after(response))
+                return json.loads(text) if text else {}
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()
+            raise TransientError(f"{operation}: {type(exc).__name__}: {exc}") from exc
+
+    async def watch(self, path: str, query: dict[str, str], *, operation: str) -> AsyncIterator[JSON]:
+        """Yield watch events ({type, object}) until the server ends the watch."""
+        await self._bucket.acquire()
+        metrics.KUBE_REQUESTS.labels(operation=operation).inc()
+        params = {**query, "watch": "true", "allowWatchBookmarks": "true"}
+        try:
+            async with self._session.get(
+                self._url(path, params),
+                headers=await self._headers("application/json"),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            ) as response:
+                if response.status >= 300:
+                    metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()
+                    raise ApiError(response.status, response.reason or "", await response.text())
+                async for line in response.content:
+                    if line.strip():
+                        yield json.loads(line)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()
+            raise TransientError(f"{operation}: {type(exc).__name__}: {exc}") from exc
+
+
+def _retry_after(response: aiohttp.ClientResponse) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+async def sleep_backoff(attempt: int, initial: float, maximum: float) -> None:
+    await asyncio.sleep(min(maximum, initial * (2**attempt)))

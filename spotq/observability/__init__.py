@@ -1,0 +1,1 @@
+"""Metrics, logs and the probe server: what operators see of spotq."""

@@ -1,0 +1,50 @@
+"""Prometheus metrics: `spotq_` prefix, base units, bounded labels (never node, pod or instance names)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Latencies that matter span milliseconds (taint) to minutes (drain).
+_FAST = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+_SLOW = (1, 2, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600)
+
+MESSAGES_RECEIVED = Counter(
+    "spotq_messages_received", "Messages received, by notice kind.", ["kind"], registry=REGISTRY
+)
+MESSAGES_FINISHED = Counter(
+    "spotq_messages_finished",
+    "Messages whose fate was decided, by kind and outcome (the outcome names the fate).",
+    ["kind", "outcome"],
+    registry=REGISTRY,
+)
+MESSAGE_AGE = Histogram(
+    "spotq_message_age_seconds",
+    "Time from the event's own time to its receipt by spotq.",
+    ["kind"],
+    buckets=(*_FAST, 60, 120, 300),
+    registry=REGISTRY,
+)
+RECEIPT_TO_TAINT = Histogram(
+    "spotq_receipt_to_taint_seconds",
+    "Time from receiving a message to its node being durably marked (taint, cordon, annotation).",
+    buckets=_FAST,
+    registry=REGISTRY,
+)
+DRAIN_DURATION = Histogram(
+    "spotq_drain_duration_seconds", "Time to drain one node, by result.", ["result"], buckets=_SLOW, registry=REGISTRY
+)
+EVICTIONS = Counter("spotq_evictions", "Eviction attempts, by result.", ["result"], registry=REGISTRY)
+DRAINS_IN_FLIGHT = Gauge("spotq_drains_in_flight", "Nodes being drained now.", registry=REGISTRY)
+MESSAGES_IN_FLIGHT = Gauge("spotq_messages_in_flight", "Messages received and not yet settled.", registry=REGISTRY)
+API_ERRORS = Counter(
+    "spotq_api_errors", "Failed API calls, by API and operation.", ["api", "operation"], registry=REGISTRY
+)
+KUBE_REQUESTS = Counter(
+    "spotq_kube_requests", "Kubernetes API requests sent, by operation.", ["operation"], registry=REGISTRY
+)
+NODES_INDEXED = Gauge("spotq_nodes_indexed", "Nodes in the instance→node index.", registry=REGISTRY)
+LIFECYCLE_COMPLETIONS = Counter(
+    "spotq_lifecycle_completions", "Lifecycle actions completed, by result.", ["result"], registry=REGISTRY
+)

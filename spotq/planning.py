@@ -1,0 +1,81 @@
+"""(notice, policy, receipt time) → Plan. Pure: no I/O, no clock; every decision about what to do lives here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from spotq import notices, plans
+from spotq.notices import Kind, Notice
+from spotq.settings import ActionLevel, Settings
+
+
+@dataclass(frozen=True)
+class Policy:
+    levels: dict[Kind, ActionLevel]
+    complete_lifecycle_launch: bool
+    taint_prefix: str
+    safety_margin: timedelta
+    drain_timeout: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        policy = settings.policy
+        return cls(
+            levels={
+                Kind.SPOT_INTERRUPTION: policy.spot_interruption,
+                Kind.REBALANCE_RECOMMENDATION: policy.rebalance_recommendation,
+                Kind.STATE_CHANGE: policy.state_change,
+                Kind.SCHEDULED_CHANGE: policy.scheduled_change,
+                Kind.LIFECYCLE_TERMINATE: policy.lifecycle_terminate,
+            },
+            complete_lifecycle_launch=policy.complete_lifecycle_launch,
+            taint_prefix=settings.kube.taint_prefix,
+            safety_margin=timedelta(seconds=settings.drain.safety_margin_seconds),
+            drain_timeout=timedelta(seconds=settings.drain.timeout_seconds),
+        )
+
+    def taint_key(self, kind: Kind) -> str:
+        return f"{self.taint_prefix}/{kind.value.replace('_', '-')}"
+
+
+def level_for(notice: Notice, policy: Policy) -> ActionLevel:
+    if isinstance(notice, notices.StateChange) and not notice.leaving:
+        return ActionLevel.NONE
+    return policy.levels.get(notice.kind, ActionLevel.NONE)
+
+
+def plan(notice: Notice, policy: Policy, received_at: datetime, *, node_known: bool = True) -> plans.Plan:
+    """The steps for one instance of `notice`. An instance that is no node of ours gets only hook completion."""
+    deadline = received_at + policy.drain_timeout
+    if notice.deadline is not None:
+        deadline = min(deadline, notice.deadline - policy.safety_margin)
+    steps: list[plans.Step] = []
+    if isinstance(notice, notices.LifecycleLaunch):
+        if policy.complete_lifecycle_launch:
+            steps.append(plans.CompleteLifecycle(notice.hook, when_node_ready=True))
+        return plans.Plan(tuple(steps), deadline)
+    level = level_for(notice, policy)
+    if node_known:
+        steps.extend(_node_steps(notice.kind, level, policy))
+    if isinstance(notice, notices.LifecycleTerminate):
+        # The hook holds the instance until completed; completing it is ours whatever the level.
+        steps.append(plans.CompleteLifecycle(notice.hook))
+    return plans.Plan(tuple(steps), deadline)
+
+
+def _node_steps(kind: Kind, level: ActionLevel, policy: Policy) -> list[plans.Step]:
+    steps: list[plans.Step] = []
+    if level.rank >= ActionLevel.EVENT.rank:
+        steps.append(plans.Announce())
+    if level.rank >= ActionLevel.TAINT.rank:
+        effect: plans.TaintEffect = (
+            "PreferNoSchedule" if kind is Kind.REBALANCE_RECOMMENDATION and level is ActionLevel.TAINT else "NoSchedule"
+        )
+        steps.append(plans.Taint(policy.taint_key(kind), effect))
+    if level.rank >= ActionLevel.CORDON.rank:
+        steps.append(plans.Cordon())
+        steps.append(plans.ExcludeFromLoadBalancers())
+    if level.rank >= ActionLevel.DRAIN.rank:
+        steps.append(plans.Drain())
+    return steps

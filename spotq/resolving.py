@@ -1,0 +1,51 @@
+"""Instance → node: the watch-fed index first; on a miss, EC2 DescribeInstances → PrivateDnsName → node."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from spotq.aws.ec2 import InstanceInfo
+from spotq.kube.nodes import NodeIndex, NodeRef
+from spotq.notices import InstanceId
+
+
+class Describer(Protocol):
+    async def describe(self, instance_id: InstanceId) -> InstanceInfo | None: ...
+
+
+@dataclass(frozen=True)
+class Resolution:
+    node: NodeRef | None
+    in_scope: bool
+    why: str = ""
+
+
+class Resolver:
+    def __init__(self, index: NodeIndex, describer: Describer | None, instance_tag: str = "") -> None:
+        self._index = index
+        self._describer = describer
+        key, _, value = instance_tag.partition("=")
+        self._tag: tuple[str, str | None] | None = (key, value if "=" in instance_tag else None) if key else None
+
+    async def resolve(self, instance_id: InstanceId) -> Resolution:
+        await self._index.synced.wait()
+        node = self._index.lookup(instance_id)
+        info: InstanceInfo | None = None
+        if (node is None or self._tag) and self._describer is not None:
+            info = await self._describer.describe(instance_id)
+            if node is None and info is not None and info.private_dns_name:
+                node = self._index.by_name(info.private_dns_name)
+        if node is None:
+            return Resolution(None, False, "no node of this cluster has this instance")
+        if not node.in_scope:
+            return Resolution(node, False, "node does not match SPOTQ_KUBE__NODE_SELECTOR")
+        if self._tag is not None and not _tagged(info, *self._tag):
+            return Resolution(node, False, "instance lacks the tag in SPOTQ_KUBE__INSTANCE_TAG")
+        return Resolution(node, True)
+
+
+def _tagged(info: InstanceInfo | None, key: str, value: str | None) -> bool:
+    if info is None or key not in info.tags:
+        return False
+    return value is None or info.tags[key] == value

@@ -1,0 +1,160 @@
+"""Every setting spotq reads, in groups. Environment: `SPOTQ_<GROUP>__<NAME>`, e.g. `SPOTQ_QUEUE__URL`.
+
+Each field says its unit, default and why; `spotq run --help` prints this table.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ActionLevel(enum.StrEnum):
+    """How far spotq goes for a kind of notice. Each level includes the ones before it."""
+
+    NONE = "none"
+    EVENT = "event"
+    TAINT = "taint"
+    CORDON = "cordon"
+    DRAIN = "drain"
+
+    @property
+    def rank(self) -> int:
+        return list(ActionLevel).index(self)
+
+
+class QueueSettings(BaseModel):
+    url: str | None = Field(None, description="SQS queue URL to consume (required by `spotq run`).")
+    wait_seconds: int = Field(20, ge=0, le=20, description="Long-poll wait per receive, s; 20 is the SQS maximum.")
+    visibility_timeout_seconds: int = Field(
+        60, ge=10, le=43200, description="Visibility per receive, s; spotq extends it while it works."
+    )
+    max_in_flight_messages: int = Field(
+        2000, ge=1, description="Messages held at once; SQS buffers the rest (receive only what fits)."
+    )
+    receivers: int = Field(
+        4, ge=1, le=64, description="Concurrent ReceiveMessage loops; each fetches up to 10 messages."
+    )
+    retry_delay_seconds: int = Field(
+        5, ge=0, le=900, description="Visibility after a transient failure, s: how soon the message comes back."
+    )
+    stop_grace_seconds: float = Field(
+        20.0, ge=0, description="On SIGTERM, how long in-flight work may finish before its messages are released, s."
+    )
+    unknown_instance_fate: Literal["delete", "release"] = Field(
+        "delete",
+        description="Message for an instance that is no node of this cluster (or out of scope): delete it, or "
+        "release it for another consumer of a shared queue (a DLQ then ends its circulation).",
+    )
+
+
+class AwsSettings(BaseModel):
+    region: str = Field("us-east-1", description="AWS region of the queue and instances.")
+    endpoint_url: str | None = Field(None, description="Endpoint override (moto, LocalStack); unset for AWS.")
+
+
+class KubeSettings(BaseModel):
+    kubeconfig: str | None = Field(
+        None, description="Path to a kubeconfig; unset: in-cluster config, else $KUBECONFIG / ~/.kube/config."
+    )
+    context: str | None = Field(None, description="kubeconfig context; unset: the current one.")
+    qps: float = Field(
+        200.0, gt=0, description="Client-side request rate to the API server, req/s (client-go's 5 lost taints)."
+    )
+    burst: int = Field(400, ge=1, description="Requests allowed above qps in a burst.")
+    request_timeout_seconds: float = Field(15.0, gt=0, description="Timeout for one non-watch API request, s.")
+    node_selector: str = Field(
+        "", description="Label selector of nodes spotq may act on, e.g. 'lifecycle=Ec2Spot'; empty: all nodes."
+    )
+    instance_tag: str = Field(
+        "",
+        description="Act only on instances carrying this EC2 tag, 'key' or 'key=value' (one DescribeInstances "
+        "per batch of unknown instances); empty: no tag check.",
+    )
+    taint_prefix: str = Field("spotq.io", description="Prefix of the taint, label and annotation keys spotq owns.")
+    pod_name: str | None = Field(None, description="spotq's own pod (downward API); never evicted.")
+    pod_namespace: str | None = Field(None, description="Namespace of spotq's own pod (downward API).")
+
+
+class PolicySettings(BaseModel):
+    spot_interruption: ActionLevel = Field(ActionLevel.DRAIN, description="Spot interruption warning.")
+    rebalance_recommendation: ActionLevel = Field(
+        ActionLevel.TAINT, description="Rebalance recommendation: a PreferNoSchedule taint avoids churn."
+    )
+    state_change: ActionLevel = Field(
+        ActionLevel.DRAIN, description="State change to stopping/stopped/shutting-down/terminated."
+    )
+    scheduled_change: ActionLevel = Field(ActionLevel.DRAIN, description="AWS Health EC2 scheduled change.")
+    lifecycle_terminate: ActionLevel = Field(ActionLevel.DRAIN, description="Auto Scaling terminate hook.")
+    complete_lifecycle_launch: bool = Field(
+        False, description="Complete launch hooks (CONTINUE) once the new node is Ready."
+    )
+    dry_run: bool = Field(
+        False, description="Log and count what would be done; change nothing, complete no hook, delete nothing."
+    )
+
+
+class DrainSettings(BaseModel):
+    max_concurrent_nodes: int = Field(
+        500, ge=1, description="Nodes drained at once (earliest deadline first); the rest wait their turn."
+    )
+    max_concurrent_evictions: int = Field(1000, ge=1, description="Eviction requests in flight across all nodes.")
+    timeout_seconds: float = Field(
+        300.0, gt=0, description="Drain limit, s, for notices without their own deadline (rebalance, hooks)."
+    )
+    safety_margin_seconds: float = Field(
+        10.0, ge=0, description="Finish this many s before the notice's deadline so pods stop before the node."
+    )
+    delete_emptydir_data: bool = Field(True, description="Evict pods using emptyDir (their data is lost).")
+    evict_unmanaged_pods: bool = Field(True, description="Evict pods without a controller (not recreated).")
+    force_delete_before_deadline_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="If >0, this many s before the deadline delete PDB-blocked pods with their remaining grace; "
+        "0: never (PDBs always win).",
+    )
+    retry_initial_seconds: float = Field(0.5, gt=0, description="First back-off after a 429, s.")
+    retry_max_seconds: float = Field(5.0, gt=0, description="Longest back-off between eviction attempts, s.")
+    lifecycle_heartbeat_seconds: float = Field(
+        60.0, gt=0, description="Interval of lifecycle heartbeats while a hooked node drains, s."
+    )
+
+
+class ServerSettings(BaseModel):
+    address: str = Field("0.0.0.0", description="Listen address of /metrics, /healthz, /readyz.")
+    port: int = Field(8080, ge=0, le=65535, description="Listen port; 0 picks a free one.")
+
+
+class LogSettings(BaseModel):
+    format: Literal["text", "json"] = Field("text", description="Log line format.")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SPOTQ_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    queue: QueueSettings = QueueSettings()
+    aws: AwsSettings = AwsSettings()
+    kube: KubeSettings = KubeSettings()
+    policy: PolicySettings = PolicySettings()
+    drain: DrainSettings = DrainSettings()
+    server: ServerSettings = ServerSettings()
+    log: LogSettings = LogSettings()
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(environment variable, default, description) for every setting, for --help and the README."""
+    rows: list[tuple[str, str, str]] = []
+    for group_name, group_field in Settings.model_fields.items():
+        group = group_field.annotation
+        assert isinstance(group, type) and issubclass(group, BaseModel)
+        for name, field in group.model_fields.items():
+            default = field.default
+            shown = "" if default is None else str(default.value if isinstance(default, enum.Enum) else default)
+            rows.append((f"SPOTQ_{group_name.upper()}__{name.upper()}", shown, field.description or ""))
+    return rows

@@ -1,0 +1,127 @@
+"""Small in-memory stand-ins for the edges, for fast unit tests. Integration tests use the real things."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+
+from spotq.draining import Pod
+from spotq.errors import ApiError
+
+
+@dataclass
+class FakePods:
+    """Pods on nodes with PodDisruptionBudgets, answering like the API server's eviction subresource."""
+
+    pods: dict[str, tuple[str, Pod, str]] = field(default_factory=dict)  # uid → (node, pod, budget group)
+    budgets: dict[str, int] = field(default_factory=dict)  # group → disruptions allowed now
+    recover_seconds: float = 0.05  # a replacement becomes Ready and gives the budget back
+    delete_delay_seconds: float = 0.01  # how long an evicted pod takes to go (its grace, shortened)
+    retry_after: float | None = None
+    forced_status: dict[str, ApiError] = field(default_factory=dict)  # pod name → error returned on evict
+    calls: list[tuple[str, str, int | None]] = field(default_factory=list)  # (verb, pod, grace)
+    call_times: list[float] = field(default_factory=list)
+    _watchers: dict[str, list[asyncio.Queue[tuple[str, Pod | None, str]]]] = field(default_factory=dict)
+    _version: int = 1
+
+    def add(self, node: str, name: str, group: str = "", **fields: object) -> Pod:
+        pod = replace(Pod(namespace="ns", name=name, uid=f"uid-{name}", controller_kind="ReplicaSet"), **fields)  # type: ignore[arg-type]
+        self.pods[pod.uid] = (node, pod, group)
+        return pod
+
+    async def list_on_node(self, node: str) -> tuple[list[Pod], str]:
+        self.calls.append(("list", node, None))
+        return [pod for n, pod, _ in self.pods.values() if n == node], str(self._version)
+
+    async def watch_on_node(self, node: str, version: str) -> AsyncIterator[tuple[str, Pod | None, str]]:
+        self.calls.append(("watch", node, None))
+        queue: asyncio.Queue[tuple[str, Pod | None, str]] = asyncio.Queue()
+        self._watchers.setdefault(node, []).append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers[node].remove(queue)
+
+    async def evict(self, pod: Pod, grace_seconds: int | None) -> None:
+        self.calls.append(("evict", pod.name, grace_seconds))
+        self.call_times.append(asyncio.get_running_loop().time())
+        if pod.name in self.forced_status:
+            raise self.forced_status[pod.name]
+        if pod.uid not in self.pods:
+            raise ApiError(404, "Not Found")
+        _, current, group = self.pods[pod.uid]
+        if group and not current.finished:
+            if self.budgets.get(group, 0) <= 0:
+                raise ApiError(
+                    429,
+                    "Too Many Requests",
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                    self.retry_after,
+                )
+            self.budgets[group] -= 1
+            asyncio.get_running_loop().call_later(self.recover_seconds, self._recover, group)
+        self._schedule_delete(pod)
+
+    async def delete(self, pod: Pod, grace_seconds: int | None) -> None:
+        self.calls.append(("delete", pod.name, grace_seconds))
+        if pod.uid not in self.pods:
+            raise ApiError(404, "Not Found")
+        self._schedule_delete(pod)
+
+    def _recover(self, group: str) -> None:
+        self.budgets[group] = self.budgets.get(group, 0) + 1
+
+    def _schedule_delete(self, pod: Pod) -> None:
+        asyncio.get_running_loop().call_later(self.delete_delay_seconds, self._deleted, pod.uid)
+
+    def _deleted(self, uid: str) -> None:
+        entry = self.pods.pop(uid, None)
+        if entry is None:
+            return
+        node, pod, _ = entry
+        self._version += 1
+        for queue in self._watchers.get(node, []):
+            queue.put_nowait(("DELETED", pod, str(self._version)))
+
+    def evictions_of(self, name: str) -> list[int | None]:
+        return [grace for verb, pod, grace in self.calls if verb == "evict" and pod == name]
+
+
+@dataclass
+class FakeQueue:
+    """An SQS-like queue: receive hands out visible messages with fresh receipt handles."""
+
+    bodies: list[tuple[str, str]] = field(default_factory=list)  # (message id, body) still in the queue
+    receipts: dict[str, str] = field(default_factory=dict)  # newest receipt → message id
+    deleted: list[str] = field(default_factory=list)  # message ids
+    visibility: list[tuple[str, int]] = field(default_factory=list)  # (message id, seconds)
+    receive_sizes: list[int] = field(default_factory=list)
+    _counter: int = 0
+
+    def put(self, message_id: str, body: str) -> None:
+        self.bodies.append((message_id, body))
+
+    async def receive(self, max_messages: int, wait_seconds: int, visibility_seconds: int) -> list:  # type: ignore[type-arg]
+        from spotq.notices import Delivery
+
+        self.receive_sizes.append(max_messages)
+        if not self.bodies:
+            await asyncio.sleep(0.01)
+            return []
+        batch, self.bodies = self.bodies[:max_messages], self.bodies[max_messages:]
+        out = []
+        for message_id, body in batch:
+            self._counter += 1
+            receipt = f"r{self._counter}-{message_id}"
+            self.receipts[receipt] = message_id
+            out.append(Delivery(message_id, body, receipt))
+        return out
+
+    async def delete(self, receipts: list[str]) -> list[str]:
+        self.deleted.extend(self.receipts[r] for r in receipts)
+        return []
+
+    async def change_visibility(self, receipts: list[str], seconds: int) -> None:
+        self.visibility.extend((self.receipts[r], seconds) for r in receipts)

@@ -1,0 +1,97 @@
+"""The command line as an operator meets it: explain, --help, and one-line setting errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EVENTS = Path(__file__).parent.parent / "data" / "events"
+
+
+def spotq(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("SPOTQ_")}
+    return subprocess.run(
+        [sys.executable, "-m", "spotq", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        timeout=60,
+    )
+
+
+def test_explain_spot_warning_from_file() -> None:
+    result = spotq("explain", str(EVENTS / "eventbridge/spot-interruption-warning.json"))
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out["kind"] == "spot_interruption"
+    assert out["instance_ids"] == ["i-0b662ef9931388ba0"]
+    assert out["event_time"] == "2025-06-03T14:20:05Z"
+    assert out["deadline"] == "2025-06-03T14:22:05Z"
+    assert out["actions"] == ["event", "taint", "cordon", "exclude_from_load_balancers", "drain"]
+
+
+def test_explain_reads_stdin_and_reports_malformed_with_reason() -> None:
+    result = spotq("explain", "-", stdin="{not json")
+    assert result.returncode == 0
+    out = json.loads(result.stdout)
+    assert out["kind"] == "malformed" and "not JSON" in out["reason"]
+    assert out["instance_ids"] == [] and out["deadline"] is None
+
+
+def test_explain_follows_the_policy_settings() -> None:
+    body = (EVENTS / "eventbridge/rebalance-recommendation.json").read_text()
+    result = spotq("explain", "-", stdin=body, SPOTQ_POLICY__REBALANCE_RECOMMENDATION="none")
+    assert json.loads(result.stdout)["actions"] == []
+
+
+def test_explain_unreadable_file_fails_with_one_line() -> None:
+    result = spotq("explain", "/nonexistent/body.json")
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and "cannot read" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"SPOTQ_KUBE__QPS": "fast"}, "SPOTQ_KUBE__QPS"),
+        ({"SPOTQ_POLICY__REBALANCE_RECOMMENDATION": "explode"}, "SPOTQ_POLICY__REBALANCE_RECOMMENDATION"),
+        ({"SPOTQ_QUEUE__WAIT_SECONDS": "99"}, "SPOTQ_QUEUE__WAIT_SECONDS"),
+        ({"SPOTQ_LOG__FORMAT": "xml"}, "SPOTQ_LOG__FORMAT"),
+    ],
+)
+def test_wrong_setting_fails_at_start_with_one_line_naming_it(env: dict[str, str], named: str) -> None:
+    result = spotq("run", **env)
+    assert result.returncode == 2
+    assert named in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_missing_queue_url_is_named() -> None:
+    result = spotq("run")
+    assert result.returncode == 2
+    assert "SPOTQ_QUEUE__URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreadable_kubeconfig_is_named(tmp_path: Path) -> None:
+    result = spotq(
+        "run",
+        SPOTQ_QUEUE__URL="http://127.0.0.1:9/000000000000/q",
+        SPOTQ_KUBE__KUBECONFIG=str(tmp_path / "missing"),
+    )
+    assert result.returncode == 2
+    assert "SPOTQ_KUBE__KUBECONFIG" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_help_lists_every_setting() -> None:
+    from spotq import settings
+
+    result = spotq("run", "--help")
+    assert result.returncode == 0
+    for env, _, _ in settings.describe():
+        assert env in result.stdout

@@ -1,0 +1,56 @@
+"""The node patch: complete, minimal, and absent when the node already carries the marks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spotq.kube.marks import Marks, patch_for
+
+LB = "node.kubernetes.io/exclude-from-external-load-balancers"
+MARKS = Marks(
+    taints=(("spotq.io/spot-interruption", "e1", "NoSchedule"),),
+    cordon=True,
+    labels={LB: "true"},
+    annotations={"spotq.io/spot-interruption": "{}"},
+)
+
+
+def node(**spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": "n1", "resourceVersion": "42", "labels": {}, "annotations": {}}, "spec": spec}
+
+
+def test_patch_adds_taint_cordon_label_annotation_with_precondition() -> None:
+    other = {"key": "dedicated", "value": "x", "effect": "NoSchedule"}
+    patch = patch_for(node(taints=[other]), MARKS)
+    assert patch is not None
+    assert patch["metadata"]["resourceVersion"] == "42"
+    assert patch["spec"]["unschedulable"] is True
+    assert patch["spec"]["taints"] == [
+        other,
+        {"key": "spotq.io/spot-interruption", "value": "e1", "effect": "NoSchedule"},
+    ]
+    assert patch["metadata"]["labels"] == {LB: "true"}
+    assert patch["metadata"]["annotations"] == {"spotq.io/spot-interruption": "{}"}
+
+
+def test_already_marked_node_needs_no_patch() -> None:
+    marked = node(
+        taints=[{"key": "spotq.io/spot-interruption", "value": "older", "effect": "NoSchedule"}], unschedulable=True
+    )
+    marked["metadata"]["labels"] = {LB: "true"}
+    marked["metadata"]["annotations"] = {"spotq.io/spot-interruption": '{"id": "first"}'}
+    assert patch_for(marked, MARKS) is None
+
+
+def test_first_notice_stays_on_record_but_overwrites_update() -> None:
+    marked = node(unschedulable=True)
+    marked["metadata"]["annotations"] = {"spotq.io/drain": "started", "spotq.io/spot-interruption": "first"}
+    patch = patch_for(
+        marked,
+        Marks(
+            annotations={"spotq.io/spot-interruption": "second"}, overwrite_annotations={"spotq.io/drain": "finished"}
+        ),
+    )
+    assert patch is not None
+    assert patch["metadata"]["annotations"] == {"spotq.io/drain": "finished"}
+    assert "spec" not in patch

@@ -1,0 +1,97 @@
+"""The planning table: which steps each kind of notice gets under the default and custom policies."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from spotq import notices, planning, plans
+from spotq.notices import InstanceId, LifecycleHook
+from spotq.settings import ActionLevel, Settings
+
+T0 = datetime(2025, 6, 3, 14, 20, 5, tzinfo=UTC)
+IDS = (InstanceId("i-0b662ef9931388ba0"),)
+HOOK = LifecycleHook("asg", "hook", "token", IDS[0])
+FULL = ["event", "taint", "cordon", "exclude_from_load_balancers", "drain"]
+
+
+def policy(**env: str) -> planning.Policy:
+    return planning.Policy.from_settings(Settings(**env))  # type: ignore[arg-type]
+
+
+DEFAULT = planning.Policy.from_settings(Settings())
+
+
+@pytest.mark.parametrize(
+    ("notice", "steps"),
+    [
+        (
+            notices.SpotInterruption(event_id="e", event_time=T0, instance_ids=IDS, deadline=T0 + timedelta(minutes=2)),
+            FULL,
+        ),
+        (notices.StateChange(event_id="e", event_time=T0, instance_ids=IDS, state="shutting-down"), FULL),
+        (notices.StateChange(event_id="e", event_time=T0, instance_ids=IDS, state="stopped"), FULL),
+        (notices.StateChange(event_id="e", event_time=T0, instance_ids=IDS, state="running"), []),
+        (notices.ScheduledChange(event_id="e", event_time=T0, instance_ids=IDS), FULL),
+        (
+            notices.LifecycleTerminate(event_id="e", event_time=T0, instance_ids=IDS, hook=HOOK),
+            [*FULL, "complete_lifecycle"],
+        ),
+        (notices.LifecycleLaunch(event_id="e", event_time=T0, instance_ids=IDS, hook=HOOK), []),
+        (notices.RebalanceRecommendation(event_id="e", event_time=T0, instance_ids=IDS), ["event", "taint"]),
+    ],
+)
+def test_default_plans(notice: notices.Notice, steps: list[str]) -> None:
+    assert planning.plan(notice, DEFAULT, T0).step_names == steps
+
+
+def test_rebalance_taint_prefers_no_schedule_and_interruption_forbids() -> None:
+    rebalance = planning.plan(notices.RebalanceRecommendation(event_time=T0, instance_ids=IDS), DEFAULT, T0)
+    spot = planning.plan(notices.SpotInterruption(event_time=T0, instance_ids=IDS, deadline=T0), DEFAULT, T0)
+    assert rebalance.find(plans.Taint) == plans.Taint("spotq.io/rebalance-recommendation", "PreferNoSchedule")
+    assert spot.find(plans.Taint) == plans.Taint("spotq.io/spot-interruption", "NoSchedule")
+
+
+@pytest.mark.parametrize(
+    ("level", "steps"),
+    [
+        (ActionLevel.NONE, []),
+        (ActionLevel.EVENT, ["event"]),
+        (ActionLevel.TAINT, ["event", "taint"]),
+        (ActionLevel.CORDON, ["event", "taint", "cordon", "exclude_from_load_balancers"]),
+        (ActionLevel.DRAIN, FULL),
+    ],
+)
+def test_rebalance_level_is_configurable(level: ActionLevel, steps: list[str]) -> None:
+    custom = policy(policy={"rebalance_recommendation": level})
+    assert planning.plan(notices.RebalanceRecommendation(event_time=T0, instance_ids=IDS), custom, T0).step_names == steps
+
+
+def test_launch_hook_completion_is_opt_in() -> None:
+    custom = policy(policy={"complete_lifecycle_launch": True})
+    plan = planning.plan(notices.LifecycleLaunch(event_time=T0, instance_ids=IDS, hook=HOOK), custom, T0)
+    assert plan.steps == (plans.CompleteLifecycle(HOOK, when_node_ready=True),)
+
+
+def test_unknown_node_gets_only_hook_completion() -> None:
+    notice = notices.LifecycleTerminate(event_time=T0, instance_ids=IDS, hook=HOOK)
+    assert planning.plan(notice, DEFAULT, T0, node_known=False).step_names == ["complete_lifecycle"]
+    spot = notices.SpotInterruption(event_time=T0, instance_ids=IDS, deadline=T0)
+    assert planning.plan(spot, DEFAULT, T0, node_known=False).steps == ()
+
+
+def test_deadline_is_notice_deadline_less_margin() -> None:
+    spot = notices.SpotInterruption(event_time=T0, instance_ids=IDS, deadline=T0 + timedelta(seconds=120))
+    assert planning.plan(spot, DEFAULT, T0 + timedelta(seconds=3)).deadline == T0 + timedelta(seconds=110)
+
+
+def test_deadline_without_notice_deadline_is_receipt_plus_timeout() -> None:
+    change = notices.StateChange(event_time=T0, instance_ids=IDS, state="stopping")
+    received = T0 + timedelta(seconds=7)
+    assert planning.plan(change, DEFAULT, received).deadline == received + timedelta(seconds=300)
+
+
+def test_far_deadline_is_capped_by_drain_timeout() -> None:
+    health = notices.ScheduledChange(event_time=T0, instance_ids=IDS, deadline=T0 + timedelta(days=14))
+    assert planning.plan(health, DEFAULT, T0).deadline == T0 + timedelta(seconds=300)

@@ -98,13 +98,15 @@ class Actor:
             "noticed_at": clock.now().isoformat(),
             "deadline": plan.deadline.isoformat(),
         }
-        overwrite = {f"{self._config.prefix}/drain": "started"} if plan.drains else {}
+        annotations = {f"{self._config.prefix}/{notice.kind.value.replace('_', '-')}": json.dumps(record)}
+        if plan.drains:
+            # Only where no drain is on record yet: a repeated notice for a drained node changes nothing.
+            annotations[f"{self._config.prefix}/drain"] = "started"
         return Marks(
             taints=tuple((key, _label_value(value), effect) for key, value, effect in taints),
             cordon=plan.find(plans.Cordon) is not None,
             labels=labels,
-            annotations={f"{self._config.prefix}/{notice.kind.value.replace('_', '-')}": json.dumps(record)},
-            overwrite_annotations=overwrite,
+            annotations=annotations,
         )
 
     async def _drain_once(

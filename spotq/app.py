@@ -8,6 +8,7 @@ import logging
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -47,6 +48,52 @@ def drain_options(settings: Settings) -> DrainOptions:
     )
 
 
+@dataclass
+class Core:
+    """What every mode shares: one Kubernetes client, the node index, the actor, the policy."""
+
+    kube: KubeClient
+    index: NodeIndex
+    actor: acting.Actor
+    policy: planning.Policy
+
+
+async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: acting.LifecycleApi | None) -> Core:
+    selector = selectors.parse(settings.kube.node_selector)
+    # Each drain holds one pod watch; ordinary requests need room beside them.
+    kube = await KubeClient.connect(settings.kube, max_connections=settings.drain.max_concurrent_nodes + 200)
+    stack.push_async_callback(kube.close)
+    index = NodeIndex(selector, settings.kube.taint_prefix)
+    actor = acting.Actor(
+        writer=NodeMarker(kube),
+        pods=PodClient(kube),
+        events=EventRecorder(kube),
+        lifecycle=lifecycle,
+        index=index,
+        config=acting.ActorConfig(
+            prefix=settings.kube.taint_prefix,
+            drain=drain_options(settings),
+            heartbeat_seconds=settings.drain.lifecycle_heartbeat_seconds,
+        ),
+        drain_slots=DeadlineSlots(settings.drain.max_concurrent_nodes),
+        evictions=asyncio.Semaphore(settings.drain.max_concurrent_evictions),
+    )
+    return Core(kube, index, actor, planning.Policy.from_settings(settings))
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+
+
+async def serve_probes(stack: AsyncExitStack, settings: Settings, ready: probes.ReadyCheck) -> int:
+    runner, port = await probes.serve(probes.make_app(ready), settings.server.address, settings.server.port)
+    stack.push_async_callback(runner.cleanup)
+    return port
+
+
 async def run_queue_mode(
     settings: Settings,
     *,
@@ -56,41 +103,20 @@ async def run_queue_mode(
     """Run until SIGTERM/SIGINT (or `stop` is set). Returns the process exit code."""
     assert settings.queue.url is not None
     stop = stop or asyncio.Event()
+    stop_on_signals(stop)
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
-    selector = selectors.parse(settings.kube.node_selector)
     async with AsyncExitStack() as stack:
-        # Each drain holds one pod watch; ordinary requests need room beside them.
-        kube = await KubeClient.connect(settings.kube, max_connections=settings.drain.max_concurrent_nodes + 200)
-        stack.push_async_callback(kube.close)
         sqs = await session.open_client(stack, "sqs", settings.aws)
         ec2 = await session.open_client(stack, "ec2", settings.aws)
         autoscaling = await session.open_client(stack, "autoscaling", settings.aws)
+        core = await open_core(stack, settings, Lifecycle(autoscaling))
         queue = Queue(sqs, settings.queue.url)
         await _check_queue(sqs, settings.queue.url)
-
-        index = NodeIndex(selector, settings.kube.taint_prefix)
         lookup = InstanceLookup(ec2)
-        actor = acting.Actor(
-            writer=NodeMarker(kube),
-            pods=PodClient(kube),
-            events=EventRecorder(kube),
-            lifecycle=Lifecycle(autoscaling),
-            index=index,
-            config=acting.ActorConfig(
-                prefix=settings.kube.taint_prefix,
-                drain=drain_options(settings),
-                heartbeat_seconds=settings.drain.lifecycle_heartbeat_seconds,
-            ),
-            drain_slots=DeadlineSlots(settings.drain.max_concurrent_nodes),
-            evictions=asyncio.Semaphore(settings.drain.max_concurrent_evictions),
-        )
         handler = handling.Handler(
-            resolver=Resolver(index, lookup, settings.kube.instance_tag),
-            actor=actor,
-            policy=planning.Policy.from_settings(settings),
+            resolver=Resolver(core.index, lookup, settings.kube.instance_tag),
+            actor=core.actor,
+            policy=core.policy,
             unknown_instance_fate=settings.queue.unknown_instance_fate,
             dry_run=settings.policy.dry_run,
         )
@@ -99,15 +125,14 @@ async def run_queue_mode(
         )
 
         async def ready() -> tuple[bool, str]:
-            if not index.synced.is_set():
+            if not core.index.synced.is_set():
                 return False, "node index not synced"
             last = dispatcher.state.last_receive_ok
             if last is not None and loop.time() - last < settings.queue.wait_seconds + 15:
                 return True, "ok"
             return (True, "ok") if await queue.reachable() else (False, "queue not reachable")
 
-        runner, port = await probes.serve(probes.make_app(ready), settings.server.address, settings.server.port)
-        stack.push_async_callback(runner.cleanup)
+        port = await serve_probes(stack, settings, ready)
         log.info(
             "spotq started",
             extra={"mode": "queue", "queue": settings.queue.url, "port": port, "dry_run": settings.policy.dry_run},
@@ -115,7 +140,7 @@ async def run_queue_mode(
         if on_listening is not None:
             on_listening(port)
         async with asyncio.TaskGroup() as group:
-            background = [group.create_task(index.run(kube)), group.create_task(lookup.run())]
+            background = [group.create_task(core.index.run(core.kube)), group.create_task(lookup.run())]
             await dispatcher.run(stop)
             for task in background:
                 task.cancel()

@@ -17,6 +17,7 @@ class Policy:
     taint_prefix: str
     safety_margin: timedelta
     drain_timeout: timedelta
+    min_window: timedelta = timedelta(0)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -33,6 +34,7 @@ class Policy:
             taint_prefix=settings.kube.taint_prefix,
             safety_margin=timedelta(seconds=settings.drain.safety_margin_seconds),
             drain_timeout=timedelta(seconds=settings.drain.timeout_seconds),
+            min_window=timedelta(seconds=settings.drain.min_window_seconds),
         )
 
     def taint_key(self, kind: Kind) -> str:
@@ -50,6 +52,7 @@ def plan(notice: Notice, policy: Policy, received_at: datetime, *, node_known: b
     deadline = received_at + policy.drain_timeout
     if notice.deadline is not None:
         deadline = min(deadline, notice.deadline - policy.safety_margin)
+    deadline = max(deadline, received_at + policy.min_window)
     steps: list[plans.Step] = []
     if isinstance(notice, notices.LifecycleLaunch):
         if policy.complete_lifecycle_launch:

@@ -108,6 +108,12 @@ class DrainSettings(BaseModel):
     safety_margin_seconds: float = Field(
         10.0, ge=0, description="Finish this many s before the notice's deadline so pods stop before the node."
     )
+    min_window_seconds: float = Field(
+        15.0,
+        ge=0,
+        description="Drain for at least this long even when the notice's deadline has passed (a late message): "
+        "the node may still run, and evicting from a dead node only speeds up replacement.",
+    )
     delete_emptydir_data: bool = Field(True, description="Evict pods using emptyDir (their data is lost).")
     evict_unmanaged_pods: bool = Field(True, description="Evict pods without a controller (not recreated).")
     force_delete_before_deadline_seconds: float = Field(

@@ -95,3 +95,9 @@ def test_deadline_without_notice_deadline_is_receipt_plus_timeout() -> None:
 def test_far_deadline_is_capped_by_drain_timeout() -> None:
     health = notices.ScheduledChange(event_time=T0, instance_ids=IDS, deadline=T0 + timedelta(days=14))
     assert planning.plan(health, DEFAULT, T0).deadline == T0 + timedelta(seconds=300)
+
+
+def test_late_notice_still_gets_the_minimum_window() -> None:
+    spot = notices.SpotInterruption(event_time=T0, instance_ids=IDS, deadline=T0 + timedelta(seconds=120))
+    late = T0 + timedelta(minutes=10)
+    assert planning.plan(spot, DEFAULT, late).deadline == late + timedelta(seconds=15)

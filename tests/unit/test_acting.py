@@ -1,0 +1,127 @@
+"""Acting on a node: marks once, one drain per node however many notices arrive, hooks completed after."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from spotq import acting, planning, selectors
+from spotq.draining import DrainOptions
+from spotq.kube.marks import Marks, patch_for
+from spotq.kube.nodes import NodeIndex, NodeRef, node_ref
+from spotq.notices import InstanceId, LifecycleHook, LifecycleTerminate, SpotInterruption, StateChange
+from spotq.observability import logs
+from spotq.settings import Settings
+from spotq.slots import DeadlineSlots
+from tests.fakes import FakePods
+
+INSTANCE = InstanceId("i-0b662ef9931388ba0")
+NODE_JSON = {
+    "metadata": {"name": "n1", "resourceVersion": "1", "labels": {}},
+    "spec": {"providerID": f"aws:///us-east-1a/{INSTANCE}"},
+    "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+}
+
+
+@dataclass
+class FakeWriter:
+    """Applies patches to one in-memory node the way a merge patch would."""
+
+    node: dict = field(default_factory=lambda: {"metadata": {"name": "n1", "resourceVersion": "1", "labels": {}, "annotations": {}}, "spec": {}})  # type: ignore[type-arg]
+    patches: list[dict] = field(default_factory=list)  # type: ignore[type-arg]
+
+    async def mark(self, node: NodeRef, marks: Marks) -> bool:
+        patch = patch_for(self.node, marks)
+        if patch is None:
+            return False
+        self.patches.append(patch)
+        self.node["metadata"]["labels"].update(patch["metadata"].get("labels", {}))
+        self.node["metadata"]["annotations"].update(patch["metadata"].get("annotations", {}))
+        self.node["spec"].update(patch.get("spec", {}))
+        return True
+
+
+@dataclass
+class FakeEvents:
+    reasons: list[str] = field(default_factory=list)
+
+    async def node_event(self, node: str, reason: str, message: str, *, warning: bool = False) -> None:
+        self.reasons.append(reason)
+
+
+@dataclass
+class FakeLifecycle:
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    async def complete(self, hook: LifecycleHook) -> None:
+        self.calls.append(("complete", hook.token))
+
+    async def heartbeat(self, hook: LifecycleHook) -> None:
+        self.calls.append(("heartbeat", hook.token))
+
+
+def make_actor(pods: FakePods, heartbeat: float = 60.0) -> tuple[acting.Actor, FakeWriter, FakeEvents, FakeLifecycle]:
+    index = NodeIndex(selectors.parse(""))
+    index.apply(NODE_JSON)
+    writer, events, lifecycle = FakeWriter(), FakeEvents(), FakeLifecycle()
+    actor = acting.Actor(
+        writer=writer,
+        pods=pods,
+        events=events,
+        lifecycle=lifecycle,
+        index=index,
+        config=acting.ActorConfig("spotq.io", DrainOptions(retry_initial_seconds=0.02), heartbeat),
+        drain_slots=DeadlineSlots(10),
+        evictions=asyncio.Semaphore(10),
+    )
+    return actor, writer, events, lifecycle
+
+
+NOW = datetime.now(UTC)
+POLICY = planning.Policy.from_settings(Settings())
+HOOK = LifecycleHook("asg", "hook", "tok", INSTANCE)
+
+
+async def act(actor: acting.Actor, notice: SpotInterruption | StateChange | LifecycleTerminate) -> None:
+    plan = planning.plan(notice, POLICY, NOW)
+    ref = node_ref(NODE_JSON, selectors.parse(""))
+    await actor.act(plan, notice, ref, asyncio.get_running_loop().time(), logs.get("test"))
+
+
+async def test_three_notices_for_one_node_share_one_drain_and_marks_once() -> None:
+    pods = FakePods(delete_delay_seconds=0.3)
+    for i in range(3):
+        pods.add("n1", f"web-{i}")
+    actor, writer, events, lifecycle = make_actor(pods)
+    spot = SpotInterruption(event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120))
+    change = StateChange(event_id="b", event_time=NOW, instance_ids=(INSTANCE,), state="stopping")
+    hook = LifecycleTerminate(event_id="c", event_time=NOW, instance_ids=(INSTANCE,), hook=HOOK)
+    await asyncio.gather(act(actor, spot), act(actor, change), act(actor, hook))
+    assert [verb for verb, _, _ in pods.calls].count("list") == 1  # one drain
+    assert len([c for c in pods.calls if c[0] == "evict"]) == 3
+    assert events.reasons.count("DrainStarted") == 1 and events.reasons.count("DrainFinished") == 1
+    assert writer.node["spec"]["unschedulable"] is True
+    assert {t["key"] for t in writer.node["spec"]["taints"]} == {
+        "spotq.io/spot-interruption", "spotq.io/state-change", "spotq.io/lifecycle-terminate"
+    }
+    assert writer.node["metadata"]["annotations"]["spotq.io/drain"] == "finished"
+    assert lifecycle.calls == [("complete", "tok")]  # after the shared drain
+
+
+async def test_a_repeated_notice_changes_nothing() -> None:
+    actor, writer, _, _ = make_actor(FakePods())
+    spot = SpotInterruption(event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120))
+    await act(actor, spot)
+    before = len(writer.patches)
+    await act(actor, spot)
+    assert len(writer.patches) == before
+
+
+async def test_heartbeats_while_a_hooked_node_drains() -> None:
+    pods = FakePods(delete_delay_seconds=0.35)
+    pods.add("n1", "web-0")
+    actor, _, _, lifecycle = make_actor(pods, heartbeat=0.1)
+    await act(actor, LifecycleTerminate(event_id="c", event_time=NOW, instance_ids=(INSTANCE,), hook=HOOK))
+    assert lifecycle.calls.count(("heartbeat", "tok")) >= 2
+    assert lifecycle.calls[-1] == ("complete", "tok")

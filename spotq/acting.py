@@ -69,13 +69,14 @@ class Actor:
         # A terminate hook waits on the drain: heartbeats keep it from timing out meanwhile.
         hook = complete.hook if isinstance(complete, plans.CompleteLifecycle) and not complete.when_node_ready else None
         if node is not None:
-            if plan.find(plans.Announce):
-                await self._events.node_event(node.name, "InterruptionNotice", _describe(notice, plan))
             marks = self._marks(plan, notice)
             if marks is not None:
+                # Marks first: every request ahead of the taint is time the scheduler can still place pods here.
                 changed = await self._writer.mark(node, marks)
                 metrics.RECEIPT_TO_TAINT.observe(asyncio.get_running_loop().time() - received_loop_time)
                 log.info("node marked" if changed else "node already marked", extra={"steps": plan.step_names})
+            if plan.find(plans.Announce):
+                await self._events.node_event(node.name, "InterruptionNotice", _describe(notice, plan))
             if plan.drains:
                 report = await self._drain_once(node, plan, hook, log)
         if isinstance(complete, plans.CompleteLifecycle) and self._lifecycle is not None:

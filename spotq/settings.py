@@ -164,3 +164,11 @@ def describe() -> list[tuple[str, str, str]]:
             shown = "" if default is None else str(default.value if isinstance(default, enum.Enum) else default)
             rows.append((f"SPOTQ_{group_name.upper()}__{name.upper()}", shown, field.description or ""))
     return rows
+
+
+def markdown_table() -> str:
+    """The README's settings table (a test keeps README in step with this)."""
+    lines = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for env, default, description in describe():
+        lines.append(f"| `{env}` | {f'`{default}`' if default else '—'} | {description} |")
+    return "\n".join(lines)

@@ -28,7 +28,12 @@ NODE_JSON = {
 class FakeWriter:
     """Applies patches to one in-memory node the way a merge patch would."""
 
-    node: dict = field(default_factory=lambda: {"metadata": {"name": "n1", "resourceVersion": "1", "labels": {}, "annotations": {}}, "spec": {}})  # type: ignore[type-arg]
+    node: dict = field(
+        default_factory=lambda: {
+            "metadata": {"name": "n1", "resourceVersion": "1", "labels": {}, "annotations": {}},
+            "spec": {},
+        }
+    )  # type: ignore[type-arg]
     patches: list[dict] = field(default_factory=list)  # type: ignore[type-arg]
 
     async def mark(self, node: NodeRef, marks: Marks) -> bool:
@@ -94,7 +99,9 @@ async def test_three_notices_for_one_node_share_one_drain_and_marks_once() -> No
     for i in range(3):
         pods.add("n1", f"web-{i}")
     actor, writer, events, lifecycle = make_actor(pods)
-    spot = SpotInterruption(event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120))
+    spot = SpotInterruption(
+        event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120)
+    )
     change = StateChange(event_id="b", event_time=NOW, instance_ids=(INSTANCE,), state="stopping")
     hook = LifecycleTerminate(event_id="c", event_time=NOW, instance_ids=(INSTANCE,), hook=HOOK)
     await asyncio.gather(act(actor, spot), act(actor, change), act(actor, hook))
@@ -103,7 +110,9 @@ async def test_three_notices_for_one_node_share_one_drain_and_marks_once() -> No
     assert events.reasons.count("DrainStarted") == 1 and events.reasons.count("DrainFinished") == 1
     assert writer.node["spec"]["unschedulable"] is True
     assert {t["key"] for t in writer.node["spec"]["taints"]} == {
-        "spotq.io/spot-interruption", "spotq.io/state-change", "spotq.io/lifecycle-terminate"
+        "spotq.io/spot-interruption",
+        "spotq.io/state-change",
+        "spotq.io/lifecycle-terminate",
     }
     assert writer.node["metadata"]["annotations"]["spotq.io/drain"] == "finished"
     assert lifecycle.calls == [("complete", "tok")]  # after the shared drain
@@ -111,7 +120,9 @@ async def test_three_notices_for_one_node_share_one_drain_and_marks_once() -> No
 
 async def test_a_repeated_notice_changes_nothing() -> None:
     actor, writer, _, _ = make_actor(FakePods())
-    spot = SpotInterruption(event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120))
+    spot = SpotInterruption(
+        event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120)
+    )
     await act(actor, spot)
     before = len(writer.patches)
     await act(actor, spot)

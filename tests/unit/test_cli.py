@@ -95,3 +95,12 @@ def test_run_help_lists_every_setting() -> None:
     assert result.returncode == 0
     for env, _, _ in settings.describe():
         assert env in result.stdout
+
+
+def test_readme_lists_every_setting_as_declared() -> None:
+    from spotq import settings
+
+    readme = (Path(__file__).parent.parent.parent / "README.md").read_text()
+    assert settings.markdown_table() in readme, (
+        "regenerate: python -c 'from spotq import settings; print(settings.markdown_table())'"
+    )

@@ -65,7 +65,9 @@ def test_rebalance_taint_prefers_no_schedule_and_interruption_forbids() -> None:
 )
 def test_rebalance_level_is_configurable(level: ActionLevel, steps: list[str]) -> None:
     custom = policy(policy={"rebalance_recommendation": level})
-    assert planning.plan(notices.RebalanceRecommendation(event_time=T0, instance_ids=IDS), custom, T0).step_names == steps
+    assert (
+        planning.plan(notices.RebalanceRecommendation(event_time=T0, instance_ids=IDS), custom, T0).step_names == steps
+    )
 
 
 def test_launch_hook_completion_is_opt_in() -> None:

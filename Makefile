@@ -1,0 +1,41 @@
+# spotq developer targets. Every target sets up what it needs: a fresh machine needs only python3, go and make.
+#   make demo     the main job on the built-in local default (local control plane + moto), with a live view
+#   make test     lint + the whole test suite (bash .ci/run runs exactly this)
+#   make testenv  build the local environment's binaries into $SPOTQ_CACHE (default ~/.cache/spotq); idempotent
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: venv testenv testenv-gomod test test-unit test-integration lint demo
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+testenv:
+	bash testenv/build.sh
+
+# Regenerate testenv/gomod/*/go.mod and go.sum after changing testenv/versions.env.
+testenv-gomod:
+	bash testenv/gen-gomod.sh
+
+lint: venv
+	$(VENV)/bin/ruff check spotq testenv tests
+	$(VENV)/bin/ruff format --check spotq testenv tests
+	$(VENV)/bin/mypy spotq testenv
+
+test: venv testenv lint
+	$(PY) -m pytest -q
+
+test-unit: venv
+	$(PY) -m pytest tests/unit -q
+
+test-integration: venv testenv
+	$(PY) -m pytest tests/integration -m integration -q
+
+demo: venv testenv
+	$(PY) -m testenv.demo

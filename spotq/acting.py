@@ -22,7 +22,7 @@ class NodeWriter(Protocol):
 
 
 class EventSink(Protocol):
-    async def node_event(self, node: str, reason: str, message: str, *, warning: bool = False) -> None: ...
+    async def node_event(self, node: NodeRef, reason: str, message: str, *, warning: bool = False) -> None: ...
 
 
 class LifecycleApi(Protocol):
@@ -76,7 +76,7 @@ class Actor:
                 metrics.RECEIPT_TO_TAINT.observe(asyncio.get_running_loop().time() - received_loop_time)
                 log.info("node marked" if changed else "node already marked", extra={"steps": plan.step_names})
             if plan.find(plans.Announce):
-                await self._events.node_event(node.name, "InterruptionNotice", _describe(notice, plan))
+                await self._events.node_event(node, "InterruptionNotice", _describe(notice, plan))
             if plan.drains:
                 report = await self._drain_once(node, plan, hook, log)
         if isinstance(complete, plans.CompleteLifecycle) and self._lifecycle is not None:
@@ -140,7 +140,7 @@ class Actor:
             started = loop.time()
             metrics.DRAINS_IN_FLIGHT.inc()
             try:
-                await self._events.node_event(node.name, "DrainStarted", f"draining until {plan.deadline.isoformat()}")
+                await self._events.node_event(node, "DrainStarted", f"draining until {plan.deadline.isoformat()}")
                 async with asyncio.TaskGroup() as group:
                     beats = group.create_task(self._heartbeats(hook, log)) if hook else None
                     report = await draining.drain(node.name, deadline, self._pods, self._config.drain, self._evictions)
@@ -155,13 +155,13 @@ class Actor:
         if report.complete:
             log.info("drain finished", extra=fields)
             await self._events.node_event(
-                node.name, "DrainFinished", f"evicted {len(report.evicted)} pods in {duration:.1f}s"
+                node, "DrainFinished", f"evicted {len(report.evicted)} pods in {duration:.1f}s"
             )
         else:
             blockers = "; ".join(f"{pod}: {why}" for pod, why in sorted(report.blocked.items()))
             log.warning("drain incomplete", extra={**fields, "timed_out": report.timed_out, "blockers": blockers})
             await self._events.node_event(
-                node.name,
+                node,
                 "DrainTimedOut" if report.timed_out else "DrainBlocked",
                 f"{len(report.blocked)} pods not drained: {blockers}",
                 warning=True,

@@ -2,7 +2,7 @@
 # Builds the local test environment's binaries from Go modules (no downloads other than the Go module proxy):
 #   kube-apiserver, kube-controller-manager, kube-scheduler, kubectl  (k8s.io/kubernetes via gomod/kubernetes)
 #   etcd                                                              (go.etcd.io/etcd/server/v3 via gomod/etcd)
-#   kwok, helm, ec2-metadata-mock                                     (go install)
+#   kwok, helm, ec2-metadata-mock, promtool                           (go install)
 #
 # Every version comes from testenv/versions.env. Binaries are cached outside the repository:
 #   ${SPOTQ_CACHE:-$HOME/.cache/spotq}/tools/<tool>-<version>-<hash>/   one directory per tool build
@@ -11,7 +11,7 @@
 # stamp to find the binaries). A tool already built at its pinned version is skipped, so a second run is a no-op;
 # a version bump changes the directory names and rebuilds only what changed.
 #
-# Usage: testenv/build.sh [tool...]     tools: kubernetes etcd kwok helm ec2-metadata-mock (default: all)
+# Usage: testenv/build.sh [tool...]     tools: kubernetes etcd kwok helm ec2-metadata-mock promtool (default: all)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -121,12 +121,16 @@ build_helm() {
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
 }
 
+build_promtool() {
+  go_install "$1" "github.com/prometheus/prometheus/cmd/promtool@$PROMETHEUS_VERSION" ""
+}
+
 build_ec2_metadata_mock() {
   go_install "$1" "github.com/aws/amazon-ec2-metadata-mock/cmd/ec2-metadata-mock@$EC2_METADATA_MOCK_VERSION" ""
 }
 
 want=("$@")
-[[ ${#want[@]} -gt 0 ]] || want=(kubernetes etcd kwok helm ec2-metadata-mock)
+[[ ${#want[@]} -gt 0 ]] || want=(kubernetes etcd kwok helm ec2-metadata-mock promtool)
 
 t_all="$(now)"
 echo "testenv: $(go version); cache $cache; stamp $stamp"
@@ -141,10 +145,12 @@ for tool in "${want[@]}"; do
       step "kwok $KWOK_VERSION" "$cache/tools/kwok-$KWOK_VERSION" kwok -- build_kwok ;;
     helm)
       step "helm $HELM_VERSION" "$cache/tools/helm-$HELM_VERSION" helm -- build_helm ;;
+    promtool)
+      step "promtool $PROMETHEUS_VERSION" "$cache/tools/promtool-$PROMETHEUS_VERSION" promtool -- build_promtool ;;
     ec2-metadata-mock)
       step "ec2-metadata-mock $EC2_METADATA_MOCK_VERSION" "$cache/tools/ec2-metadata-mock-$EC2_METADATA_MOCK_VERSION" \
         ec2-metadata-mock -- build_ec2_metadata_mock ;;
-    *) echo "build.sh: unknown tool '$tool' (kubernetes etcd kwok helm ec2-metadata-mock)" >&2; exit 2 ;;
+    *) echo "build.sh: unknown tool '$tool' (kubernetes etcd kwok helm ec2-metadata-mock promtool)" >&2; exit 2 ;;
   esac
 done
 ln -sfn "bin-$stamp" "$cache/bin"

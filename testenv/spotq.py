@@ -25,7 +25,10 @@ def free_port() -> int:
 class SpotqProcess:
     """`spotq run` with the given settings; stopped with SIGTERM (then SIGKILL) by PID."""
 
-    def __init__(self, env: Mapping[str, str], *, log_path: Path, ready_timeout: float = 60.0) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *, log_path: Path, ready_timeout: float = 60.0, wait_for: str = "/readyz"
+    ) -> None:
+        """`wait_for`: the endpoint that must answer 200 before start() returns (/readyz, or /healthz)."""
         self.port = free_port()
         self.log_path = log_path
         self._env = {
@@ -36,6 +39,7 @@ class SpotqProcess:
             **env,
         }
         self._ready_timeout = ready_timeout
+        self._wait_for = wait_for
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> SpotqProcess:
@@ -58,7 +62,7 @@ class SpotqProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"spotq exited with {self.process.returncode}:\n{self.log_tail()}")
-            if self.get("/readyz")[0] == 200:
+            if self.get(self._wait_for)[0] == 200:
                 return self
             time.sleep(0.1)
         self.stop()

@@ -18,6 +18,7 @@ TOOLS = (
     "kwok",
     "helm",
     "ec2-metadata-mock",
+    "promtool",
 )
 
 # Must list the same files, in the same order, as `stamp_files` in testenv/build.sh.

@@ -102,7 +102,11 @@ class KubeClient:
             async with self._session.get(
                 self._url(path, params),
                 headers=await self._headers("application/json"),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                # The server ends a watch after timeoutSeconds and sends bookmarks meanwhile: a read silent for
+                # longer than that means a dead connection, which must not stall the index forever.
+                timeout=aiohttp.ClientTimeout(
+                    total=None, sock_connect=10, sock_read=int(query.get("timeoutSeconds", "300")) + 60
+                ),
             ) as response:
                 if response.status >= 300:
                     metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()

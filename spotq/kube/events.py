@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from spotq.errors import SpotqError
 from spotq.kube.client import KubeClient
+from spotq.kube.nodes import NodeRef
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ class EventRecorder:
         self._client = client
         self._enabled = enabled
 
-    async def node_event(self, node: str, reason: str, message: str, *, warning: bool = False) -> None:
+    async def node_event(self, node: NodeRef, reason: str, message: str, *, warning: bool = False) -> None:
         """Best effort: a failed Event never fails the work it describes."""
         if not self._enabled:
             return
@@ -27,8 +28,9 @@ class EventRecorder:
         body = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {"name": f"{node}.{uuid.uuid4().hex[:16]}", "namespace": "default"},
-            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node},
+            "metadata": {"name": f"{node.name}.{uuid.uuid4().hex[:16]}", "namespace": "default"},
+            # kubectl describe node finds events by the node's UID (kubelet records them the same way).
+            "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node.name, "uid": node.uid},
             "reason": reason,
             "message": message[:1000],
             "type": "Warning" if warning else "Normal",
@@ -41,4 +43,4 @@ class EventRecorder:
         try:
             await self._client.request("POST", "/api/v1/namespaces/default/events", body=body, operation="create_event")
         except SpotqError as exc:
-            log.warning("event not recorded", extra={"node": node, "reason": reason, "error": str(exc)[:200]})
+            log.warning("event not recorded", extra={"node": node.name, "reason": reason, "error": str(exc)[:200]})

@@ -26,6 +26,7 @@ _PROVIDER_ID = re.compile(r"^aws:///[^/]*/(i-[0-9a-f]+)$")
 @dataclass(slots=True, frozen=True)
 class NodeRef:
     name: str
+    uid: str
     instance_id: InstanceId | None
     hostname: str | None
     in_scope: bool
@@ -60,6 +61,7 @@ def node_ref(node: JSON, selector: selectors.Selector, prefix: str = "spotq.io")
     ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     return NodeRef(
         name=meta["name"],
+        uid=meta.get("uid", ""),
         instance_id=instance_of(spec.get("providerID")),
         hostname=labels.get("kubernetes.io/hostname"),
         in_scope=selector.matches(labels),

@@ -78,3 +78,27 @@ def moto(moto_server: MotoServer) -> MotoServer:
     """The session's moto server with every resource and recorded lifecycle action forgotten."""
     moto_server.reset()
     return moto_server
+
+
+@pytest.fixture
+def queue(moto: MotoServer) -> str:
+    """An SQS queue in moto for spotq to consume (retention 300 s, as the CloudFormation stack sets)."""
+    url: str = moto.client("sqs").create_queue(QueueName="spotq-events", Attributes={"MessageRetentionPeriod": "300"})[
+        "QueueUrl"
+    ]
+    return url
+
+
+@pytest.fixture
+def spotq_env(local_cluster: LocalCluster, moto: MotoServer, queue: str) -> dict[str, str]:
+    """Settings for `spotq run` against this session's cluster and moto, with short waits for fast tests."""
+    return {
+        **moto.env(),
+        "SPOTQ_QUEUE__URL": queue,
+        "SPOTQ_QUEUE__WAIT_SECONDS": "1",
+        "SPOTQ_QUEUE__RETRY_DELAY_SECONDS": "1",
+        "SPOTQ_AWS__ENDPOINT_URL": moto.endpoint_url,
+        "SPOTQ_AWS__REGION": moto.region,
+        "SPOTQ_KUBE__KUBECONFIG": str(local_cluster.kubeconfig_path),
+        "SPOTQ_DRAIN__RETRY_MAX_SECONDS": "1",
+    }

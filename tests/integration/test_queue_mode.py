@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -17,50 +16,13 @@ import pytest
 from testenv import LocalCluster, MotoServer
 from testenv.spotq import SpotqProcess
 
+from .helpers import queue_depth, wait_until
+
 pytestmark = pytest.mark.integration
 
 EVENTS = Path(__file__).parent.parent / "data" / "events"
 TAINT = "spotq.io/spot-interruption"
 LB_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 90.0, every: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
-
-
-@pytest.fixture
-def queue(moto: MotoServer) -> Iterator[str]:
-    sqs = moto.client("sqs")
-    url: str = sqs.create_queue(QueueName="spotq-events", Attributes={"MessageRetentionPeriod": "300"})["QueueUrl"]
-    yield url
-
-
-@pytest.fixture
-def spotq_env(local_cluster: LocalCluster, moto: MotoServer, queue: str) -> dict[str, str]:
-    return {
-        **moto.env(),
-        "SPOTQ_QUEUE__URL": queue,
-        "SPOTQ_QUEUE__WAIT_SECONDS": "1",
-        "SPOTQ_QUEUE__RETRY_DELAY_SECONDS": "1",
-        "SPOTQ_AWS__ENDPOINT_URL": moto.endpoint_url,
-        "SPOTQ_AWS__REGION": moto.region,
-        "SPOTQ_KUBE__KUBECONFIG": str(local_cluster.kubeconfig_path),
-        "SPOTQ_DRAIN__RETRY_MAX_SECONDS": "1",
-    }
-
-
-def queue_depth(moto: MotoServer, url: str) -> int:
-    attributes = moto.client("sqs").get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
 def node(cluster: LocalCluster, name: str) -> dict[str, Any]:
@@ -148,6 +110,13 @@ def test_spot_warnings_on_the_bus_drain_nodes_and_capacity_returns(
         annotations = node(local_cluster, victims[0].node_name)["metadata"]["annotations"]
         assert annotations["spotq.io/drain"] == "finished"
         assert json.loads(annotations["spotq.io/spot-interruption"])["deadline"]
+        # Events an operator sees with `kubectl describe node` (found by the node's UID).
+        victim_node = node(local_cluster, victims[0].node_name)
+        events = local_cluster.client.list_items(
+            "/api/v1/events", fieldSelector=f"involvedObject.uid={victim_node['metadata']['uid']}"
+        )
+        reasons = {e["reason"] for e in events if e.get("source", {}).get("component") == "spotq"}
+        assert {"InterruptionNotice", "DrainStarted", "DrainFinished"} <= reasons
         # Untouched nodes stay schedulable.
         for other in by_load[3:]:
             assert not node(local_cluster, other.node_name)["spec"].get("unschedulable")

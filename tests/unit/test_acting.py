@@ -51,7 +51,7 @@ class FakeWriter:
 class FakeEvents:
     reasons: list[str] = field(default_factory=list)
 
-    async def node_event(self, node: str, reason: str, message: str, *, warning: bool = False) -> None:
+    async def node_event(self, node: NodeRef, reason: str, message: str, *, warning: bool = False) -> None:
         self.reasons.append(reason)
 
 

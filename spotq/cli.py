@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         return explain(args.file, settings)
     if args.command == "run":
         return _run(settings)
+    if args.command == "imds":
+        return _imds(settings)
     parser.print_help()
     return 2
 
@@ -57,6 +60,27 @@ def _run(settings: Settings) -> int:
     logs.configure(settings.log)
     try:
         return asyncio.run(app.run_queue_mode(settings))
+    except ConfigError as exc:
+        print(f"spotq: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _imds(settings: Settings) -> int:
+    from spotq import imds_mode  # the SDKs load only for the long-running modes
+
+    node = imds_mode.node_name(settings, os.environ)
+    if not node:
+        print(
+            "spotq: missing setting SPOTQ_IMDS__NODE_NAME (or NODE_NAME from the downward API): the node this pod "
+            "runs on",
+            file=sys.stderr,
+        )
+        return 2
+    logs.configure(settings.log)
+    try:
+        return asyncio.run(imds_mode.run_imds_mode(settings, node))
     except ConfigError as exc:
         print(f"spotq: {exc}", file=sys.stderr)
         return 2
@@ -122,6 +146,15 @@ def _parser() -> argparse.ArgumentParser:
         help="consume interruption events from SQS and drain the nodes (queue mode)",
         description="Queue mode: consume EventBridge/Auto Scaling events from SQS, taint, cordon and drain "
         "the nodes. Configured only through environment variables:",
+        epilog=_settings_table(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub.add_parser(
+        "imds",
+        help="poll this node's instance metadata and drain the node on a notice (IMDS mode)",
+        description="IMDS mode: poll the instance metadata service of the node this pod runs on (spot "
+        "instance-action, rebalance recommendation, optionally scheduled maintenance) and taint, cordon and drain "
+        "that node. Configured only through environment variables:",
         epilog=_settings_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

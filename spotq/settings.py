@@ -139,6 +139,37 @@ class LogSettings(BaseModel):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
 
 
+class ImdsSettings(BaseModel):
+    """IMDS mode (`spotq imds`): one pod per Spot node polls that node's instance metadata."""
+
+    endpoint: str = Field(
+        "http://169.254.169.254", description="Base URL of the instance metadata service (IMDS mode)."
+    )
+    poll_interval_seconds: float = Field(
+        2.0, gt=0, le=60, description="Time between polls, s; AWS advises 5 s or less (the warning gives 2 minutes)."
+    )
+    token_ttl_seconds: int = Field(
+        21600, ge=1, le=21600, description="Lifetime asked for each IMDSv2 session token, s; renewed before it ends."
+    )
+    request_timeout_seconds: float = Field(
+        1.0, gt=0, le=30, description="Timeout of one IMDS request, s: IMDS is on the host and answers in ms."
+    )
+    retries: int = Field(
+        2, ge=0, le=10, description="Retries of a failed IMDS request within one poll, after a jittered back-off."
+    )
+    imdsv1_fallback: bool = Field(
+        False,
+        description="Read without a token (IMDSv1) when no IMDSv2 token can be had; off: IMDSv2 only, as AWS advises.",
+    )
+    watch_scheduled_maintenance: bool = Field(
+        False,
+        description="Also poll events/maintenance/scheduled and act on active events (scheduled_change policy).",
+    )
+    node_name: str | None = Field(
+        None, description="The node this pod runs on; unset: $NODE_NAME (the chart sets it from the downward API)."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPOTQ_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -151,6 +182,7 @@ class Settings(BaseSettings):
     drain: DrainSettings = DrainSettings()
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
+    imds: ImdsSettings = ImdsSettings()
 
 
 def describe() -> list[tuple[str, str, str]]:

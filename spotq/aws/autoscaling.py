@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, ParamValidationError
 
 from spotq.errors import ApiError, PermanentError, TransientError
 from spotq.notices import LifecycleHook
@@ -39,6 +39,10 @@ class Lifecycle:
                 raise PermanentError(f"{operation}: {message}") from exc
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500))
             raise ApiError(status, str(error.get("Code", "")), message) from exc
+        except ParamValidationError as exc:
+            # The notice's fields can never make a valid call (e.g. a truncated token): retrying cannot help.
+            metrics.API_ERRORS.labels(api="autoscaling", operation=operation).inc()
+            raise PermanentError(f"{operation}: {exc}") from exc
         except BotoCoreError as exc:
             metrics.API_ERRORS.labels(api="autoscaling", operation=operation).inc()
             raise TransientError(f"{operation}: {exc}") from exc

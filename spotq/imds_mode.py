@@ -526,7 +526,8 @@ async def run_imds_mode(
         if on_listening is not None:
             on_listening(port)
         async with asyncio.TaskGroup() as group:
-            index = group.create_task(core.index.run(core.kube))
+            # One node's pod needs one node in its index: a DaemonSet of 1000 must not watch 1000 nodes each.
+            index = group.create_task(core.index.run(core.kube, field_selector=f"metadata.name={node}"))
             await watcher.run(stop)
             index.cancel()
         log.info("spotq stopped")

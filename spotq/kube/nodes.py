@@ -125,20 +125,24 @@ class NodeIndex:
         async with self._changed:
             self._changed.notify_all()
 
-    async def run(self, client: KubeClient) -> None:
-        """List, then watch from the list's resourceVersion; relist on 410 Gone or a broken watch. Forever."""
+    async def run(self, client: KubeClient, field_selector: str = "") -> None:
+        """List, then watch from the list's resourceVersion; relist on 410 Gone or a broken watch. Forever.
+
+        `field_selector` narrows the index (IMDS mode watches only its own node, not every node in the cluster).
+        """
+        scope = {"fieldSelector": field_selector} if field_selector else {}
         while True:
             try:
-                version = await self._list(client)
+                version = await self._list(client, scope)
                 while True:
-                    version = await self._watch(client, version)
+                    version = await self._watch(client, version, scope)
             except (ApiError, TransientError) as exc:
                 log.warning("node watch interrupted, relisting", extra={"error": str(exc)[:200]})
                 await asyncio.sleep(1.0)
 
-    async def _list(self, client: KubeClient) -> str:
+    async def _list(self, client: KubeClient, scope: dict[str, str]) -> str:
         names: set[str] = set()
-        query: dict[str, str] = {"limit": "500"}
+        query: dict[str, str] = {"limit": "500", **scope}
         while True:
             page = await client.request("GET", "/api/v1/nodes", query=query, operation="list_nodes")
             for node in page.get("items", []):
@@ -147,7 +151,7 @@ class NodeIndex:
             token = page.get("metadata", {}).get("continue")
             if not token:
                 break
-            query = {"limit": "500", "continue": token}
+            query = {"limit": "500", "continue": token, **scope}
         for gone in set(self._by_name) - names:
             self.remove(gone)
         metrics.NODES_INDEXED.set(len(self))
@@ -156,8 +160,8 @@ class NodeIndex:
         log.info("node index synced", extra={"nodes": len(self)})
         return str(page.get("metadata", {}).get("resourceVersion", ""))
 
-    async def _watch(self, client: KubeClient, version: str) -> str:
-        query = {"resourceVersion": version, "timeoutSeconds": "300"}
+    async def _watch(self, client: KubeClient, version: str, scope: dict[str, str]) -> str:
+        query = {"resourceVersion": version, "timeoutSeconds": "300", **scope}
         async for event in client.watch("/api/v1/nodes", query, operation="watch_nodes"):
             kind = event.get("type")
             obj: dict[str, Any] = event.get("object") or {}

@@ -15,7 +15,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,6 +30,8 @@ from testenv import ImdsMock, LocalCluster
 from testenv.procs import free_port
 from testenv.spotq_imds import SpotqImdsProcess
 
+from .helpers import wait_until
+
 pytestmark = pytest.mark.integration
 
 ACTION = imds_mode.INSTANCE_ACTION_PATH
@@ -39,17 +40,6 @@ SPOT_TAINT = "spotq.io/spot-interruption"
 REBALANCE_TAINT = "spotq.io/rebalance-recommendation"
 LB_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 NEVER = 3600  # a mock delay that outlasts any test
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = 60.0, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(every)
 
 
 async def poll_until(client: ImdsClient, path: str, timeout: float) -> tuple[str, float]:

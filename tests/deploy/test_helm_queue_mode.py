@@ -1,0 +1,312 @@
+"""The chart in queue mode, installed into the real local control plane with the README's commands.
+
+The queue comes from the CloudFormation stack deployed into moto, so the path is the user's: stack outputs →
+`helm install` → spotq running as the chart's ServiceAccount (a token minted for it, exactly its RBAC) → an
+interruption put on the EventBridge bus drains the node.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testenv import KubeApiError, LocalCluster, MotoServer, tools
+from testenv.kube import JSON
+from testenv.procs import ManagedProcess, wait_until
+
+from .support import CFN_TEMPLATE, REPO, Helm, ready, refusals, sample_event
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:Tried to parse AWS..SQS..QueuePolicy:UserWarning"),
+]
+
+NAMESPACE = "kube-system"
+RELEASE = "spotq"
+OIDC_PROVIDER = "oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71"
+TAINT = "spotq.io/spot-interruption"
+
+
+@pytest.fixture(scope="module")
+def stack(moto_server: MotoServer) -> dict[str, str]:
+    """The CloudFormation stack with an IRSA role for kube-system/spotq; its outputs."""
+    cfn = moto_server.client("cloudformation")
+    name = f"spotq-{uuid.uuid4().hex[:8]}"
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=CFN_TEMPLATE.read_text(),
+        Parameters=[{"ParameterKey": "OidcProvider", "ParameterValue": OIDC_PROVIDER}],
+        Capabilities=["CAPABILITY_IAM"],
+    )
+    outputs = cfn.describe_stacks(StackName=name)["Stacks"][0]["Outputs"]
+    return {o["OutputKey"]: o["OutputValue"] for o in outputs}
+
+
+@pytest.fixture(scope="module")
+def release(cluster_helm: Helm, stack: dict[str, str]) -> Iterator[subprocess.CompletedProcess[str]]:
+    """`helm install` as the README says it, with the stack's outputs; uninstalled after the module."""
+    installed = cluster_helm.run(
+        "install", RELEASE, "helm/spotq", "--namespace", NAMESPACE,
+        "--set", f"queue.url={stack['QueueURL']}",
+        "--set", f"serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn={stack['RoleARN']}",
+    )  # fmt: skip
+    try:
+        yield installed
+    finally:
+        cluster_helm.run("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", check=False)
+
+
+def _manifest_objects(helm: Helm, release: str, namespace: str) -> list[JSON]:
+    manifest = helm.run("get", "manifest", release, "--namespace", namespace).stdout
+    return [doc for doc in yaml.safe_load_all(manifest) if doc]
+
+
+def _api_path(obj: JSON, namespace: str) -> str:
+    group_version, kind, name = obj["apiVersion"], obj["kind"], obj["metadata"]["name"]
+    prefix = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
+    plural = {"PodDisruptionBudget": "poddisruptionbudgets"}.get(kind, kind.lower() + "s")
+    if kind in ("ClusterRole", "ClusterRoleBinding"):
+        return f"{prefix}/{plural}/{name}"
+    return f"{prefix}/namespaces/{obj['metadata'].get('namespace', namespace)}/{plural}/{name}"
+
+
+def test_helm_install_creates_every_object_and_the_api_server_accepts_them(
+    local_cluster: LocalCluster, cluster_helm: Helm, release: subprocess.CompletedProcess[str], stack: dict[str, str]
+) -> None:
+    assert "STATUS: deployed" in release.stdout
+    assert f"rollout status deployment/{RELEASE}" in release.stdout  # NOTES.txt
+    assert stack["QueueURL"] in release.stdout
+    objects = _manifest_objects(cluster_helm, RELEASE, NAMESPACE)
+    assert {o["kind"] for o in objects} == {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "Deployment",
+    }
+    for obj in objects:
+        stored = local_cluster.client.get(_api_path(obj, NAMESPACE))
+        assert stored["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
+    account = local_cluster.client.get(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{RELEASE}")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == stack["RoleARN"]
+
+
+def test_helm_install_dry_run_on_the_server_accepts_the_imds_mode_objects(cluster_helm: Helm) -> None:
+    result = cluster_helm.run(
+        "install", "spotq-imds-check", "helm/spotq", "--namespace", NAMESPACE, "--dry-run=server",
+        "--set", "mode=imds", "--set", "nodeSelector.lifecycle=Ec2Spot",
+    )  # fmt: skip
+    assert "kind: DaemonSet" in result.stdout
+    assert "kubectl get daemonsets --all-namespaces" in result.stdout  # NOTES.txt
+
+
+# -- RBAC, proven with a token minted for the chart's ServiceAccount --------------------------------------------
+
+ALLOWED = [
+    ("get", "nodes", None),
+    ("list", "nodes", None),
+    ("watch", "nodes", None),
+    ("patch", "nodes", None),
+    ("get", "pods", "--all-namespaces"),
+    ("list", "pods", "--all-namespaces"),
+    ("watch", "pods", "--all-namespaces"),
+    ("create", "pods", "--subresource=eviction --all-namespaces"),
+    ("create", "events", "-n=default"),
+    ("patch", "events", "-n=default"),
+    ("list", "poddisruptionbudgets.policy", "--all-namespaces"),
+    ("watch", "poddisruptionbudgets.policy", "--all-namespaces"),
+]
+REFUSED = [
+    ("delete", "nodes", None),
+    ("update", "nodes", None),
+    ("create", "nodes", None),
+    ("get", "secrets", "--all-namespaces"),
+    ("list", "secrets", "-n=kube-system"),
+    ("delete", "pods", "--all-namespaces"),
+    ("create", "pods", "-n=default"),
+    ("get", "configmaps", "-n=kube-system"),
+    ("create", "serviceaccounts", "--subresource=token -n=kube-system"),
+    ("patch", "deployments.apps", "-n=kube-system"),
+    ("delete", "poddisruptionbudgets.policy", "--all-namespaces"),
+    ("escalate", "clusterroles.rbac.authorization.k8s.io", None),
+]
+
+
+def _can_i(kubeconfig: Path, verb: str, resource: str, scope: str | None) -> bool:
+    argv = [str(tools.tool("kubectl")), f"--kubeconfig={kubeconfig}", "auth", "can-i", verb, resource]
+    if scope:
+        argv += scope.split()
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
+    return result.stdout.strip() == "yes"
+
+
+@pytest.fixture(scope="module")
+def token_kubeconfig(local_cluster: LocalCluster, release: subprocess.CompletedProcess[str]) -> Path:
+    return local_cluster.token_kubeconfig(NAMESPACE, RELEASE)
+
+
+def test_service_account_token_may_do_what_spotq_needs(token_kubeconfig: Path) -> None:
+    refused = [check for check in ALLOWED if not _can_i(token_kubeconfig, *check)]
+    assert refused == []
+
+
+def test_service_account_token_is_refused_everything_else(local_cluster: LocalCluster, token_kubeconfig: Path) -> None:
+    allowed = [check for check in REFUSED if _can_i(token_kubeconfig, *check)]
+    assert allowed == []
+    # And for real, not only by review: reading secrets and deleting a node are forbidden.
+    client = local_cluster.token_client(NAMESPACE, RELEASE)
+    (node, _), *_ = local_cluster.create_on_demand_nodes(1)
+    for method, path in (("GET", "/api/v1/secrets"), ("DELETE", f"/api/v1/nodes/{node}")):
+        with pytest.raises(KubeApiError) as refused:
+            client.request(method, path)
+        assert refused.value.status == 403
+    assert local_cluster.get_node(node) is not None
+
+
+def test_force_delete_option_grants_pod_delete_only_when_on(
+    local_cluster: LocalCluster, cluster_helm: Helm, namespace: str
+) -> None:
+    name = "spotq-force"
+    cluster_helm.run(
+        "install", name, "helm/spotq", "--namespace", namespace,
+        "--set", "queue.url=https://sqs.us-east-1.amazonaws.com/123456789012/force",
+        "--set", "drain.forceDeleteBeforeDeadlineSeconds=30",
+    )  # fmt: skip
+    try:
+        kubeconfig = local_cluster.token_kubeconfig(namespace, name)
+        assert _can_i(kubeconfig, "delete", "pods", "--all-namespaces")
+        cluster_helm.run(
+            "upgrade", name, "helm/spotq", "--namespace", namespace, "--reuse-values",
+            "--set", "drain.forceDeleteBeforeDeadlineSeconds=0",
+        )  # fmt: skip
+        wait_until(
+            "pods delete revoked",
+            lambda: not _can_i(kubeconfig, "delete", "pods", "--all-namespaces"),
+            timeout=30,
+            interval=0.5,
+        )
+    finally:
+        cluster_helm.run("uninstall", name, "--namespace", namespace, "--wait", check=False)
+
+
+# -- a full interruption, run with the chart's environment and ServiceAccount -------------------------------------
+
+
+def _spotq_env(local_cluster: LocalCluster, moto: MotoServer, kubeconfig: Path, pod: JSON) -> dict[str, str]:
+    """The installed Deployment's literal SPOTQ_* settings, plus what differs outside the cluster.
+
+    spotq runs here as a process standing in for the Deployment's (kwok-simulated) `pod`: it takes that pod's name as
+    the downward API would give it, so it must never evict that pod.
+    """
+    deployment = local_cluster.client.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{RELEASE}")
+    (spotq,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in spotq["env"] if "value" in e}
+    env |= {
+        "PATH": "/usr/bin:/bin",
+        "SPOTQ_KUBE__KUBECONFIG": str(kubeconfig),  # in the pod: the in-cluster token of the same ServiceAccount
+        "SPOTQ_KUBE__POD_NAME": pod["metadata"]["name"],
+        "SPOTQ_KUBE__POD_NAMESPACE": pod["metadata"]["namespace"],
+        "SPOTQ_AWS__ENDPOINT_URL": moto.endpoint_url,  # in the pod: the real AWS endpoints
+        "SPOTQ_SERVER__ADDRESS": "127.0.0.1",
+        "SPOTQ_SERVER__PORT": "0",  # a free port; the log says which
+        "SPOTQ_QUEUE__WAIT_SECONDS": "1",
+        "AWS_ACCESS_KEY_ID": "testing",  # in the pod: IRSA's web identity
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    return env
+
+
+def _release_pods(local_cluster: LocalCluster) -> list[JSON]:
+    pods = local_cluster.list_pods(NAMESPACE, label_selector=f"app.kubernetes.io/instance={RELEASE}")
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def test_spot_interruption_on_the_bus_drains_the_node_as_the_chart_service_account(
+    local_cluster: LocalCluster,
+    moto_server: MotoServer,
+    stack: dict[str, str],
+    token_kubeconfig: Path,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    group = {"testenv/group": namespace}
+    # The web pods all start on the target node; the spare node joins afterwards to take them.
+    ((target, instance_id),) = local_cluster.create_spot_nodes(1, labels=group)
+    local_cluster.create_deployment_with_pdb(
+        namespace, "web", 4, max_unavailable=1, node_selector=group, termination_grace_period_seconds=1
+    )
+    local_cluster.wait_deployments_ready(namespace, ["web"], timeout=60)
+    assert len(local_cluster.list_pods(namespace, node_name=target)) == 4
+    ((spare, _),) = local_cluster.create_spot_nodes(1, labels=group)
+
+    local_cluster.wait_deployments_ready(NAMESPACE, [RELEASE], timeout=60)
+    (own,) = _release_pods(local_cluster)
+    env = _spotq_env(local_cluster, moto_server, token_kubeconfig, own)
+    assert env["SPOTQ_QUEUE__URL"] == stack["QueueURL"]
+    argv = [sys.executable, "-m", "spotq", "run"]
+    spotq = ManagedProcess("spotq", argv, tmp_path / "spotq.log", env=env, cwd=REPO)
+    try:
+        wait_until("spotq /readyz", lambda: ready(spotq.log_path), timeout=60, processes=[spotq])
+
+        event = sample_event("spot-interruption-warning.json")
+        event["detail"]["instance-id"] = instance_id
+        reply = moto_server.client("events").put_events(
+            Entries=[
+                {
+                    "Source": event["source"],
+                    "DetailType": event["detail-type"],
+                    "Detail": json.dumps(event["detail"]),
+                    "Resources": [f"arn:aws:ec2:us-east-1:123456789012:instance/{instance_id}"],
+                }
+            ]
+        )
+        assert reply["FailedEntryCount"] == 0
+
+        def drained() -> bool:
+            node = local_cluster.get_node(target)
+            assert node is not None
+            tainted = any(t["key"] == TAINT for t in node["spec"].get("taints", []))
+            return (
+                tainted
+                and node["spec"].get("unschedulable") is True
+                and not local_cluster.list_pods(namespace, node_name=target)
+            )
+
+        wait_until("the target node tainted, cordoned and empty", drained, timeout=90, interval=0.5, processes=[spotq])
+
+        # The evicted pods came back on the spare node; the spare was not touched.
+        local_cluster.wait_deployments_ready(namespace, ["web"], timeout=60)
+        assert {p["spec"]["nodeName"] for p in local_cluster.list_pods(namespace)} == {spare}
+        spare_node = local_cluster.get_node(spare)
+        assert spare_node is not None and not spare_node["spec"].get("unschedulable")
+
+        # The message is deleted once handled, and spotq told the operator on the node (events create).
+        sqs = moto_server.client("sqs")
+
+        def queue_empty() -> bool:
+            attributes = sqs.get_queue_attributes(QueueUrl=stack["QueueURL"], AttributeNames=["All"])["Attributes"]
+            counts = (attributes["ApproximateNumberOfMessages"], attributes["ApproximateNumberOfMessagesNotVisible"])
+            return counts == ("0", "0")
+
+        wait_until("the message deleted", queue_empty, timeout=60, interval=0.5, processes=[spotq])
+        events = local_cluster.client.list_items(
+            "/api/v1/namespaces/default/events", fieldSelector=f"involvedObject.name={target}"
+        )
+        assert any(e.get("source", {}).get("component") == "spotq" for e in events)
+
+        # Its own pod (wherever the scheduler put it, the target node included) was left alone.
+        assert [p["metadata"]["uid"] for p in _release_pods(local_cluster)] == [own["metadata"]["uid"]]
+    finally:
+        code = spotq.stop(timeout=30)
+    log = spotq.log_path.read_text()
+    assert refusals(log) == [], log[-4000:]
+    assert code == 0, log[-4000:]

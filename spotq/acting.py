@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from spotq import clock, draining, plans
+from spotq.budgets import Budgets
 from spotq.draining import DrainOptions, DrainReport, PodApi
 from spotq.errors import TransientError
 from spotq.kube.marks import Marks
@@ -50,6 +53,7 @@ class Actor:
         config: ActorConfig,
         drain_slots: DeadlineSlots,
         evictions: asyncio.Semaphore,
+        budgets: Budgets | None = None,
     ) -> None:
         self._writer = writer
         self._pods = pods
@@ -59,6 +63,7 @@ class Actor:
         self._config = config
         self._drain_slots = drain_slots
         self._evictions = evictions
+        self._budgets = budgets
         self._drains: dict[str, asyncio.Future[DrainReport]] = {}
 
     async def act(
@@ -75,10 +80,12 @@ class Actor:
                 changed = await self._writer.mark(node, marks)
                 metrics.RECEIPT_TO_TAINT.observe(asyncio.get_running_loop().time() - received_loop_time)
                 log.info("node marked" if changed else "node already marked", extra={"steps": plan.step_names})
-            if plan.find(plans.Announce):
-                await self._events.node_event(node, "InterruptionNotice", _describe(notice, plan))
-            if plan.drains:
-                report = await self._drain_once(node, plan, hook, log)
+            async with _beside() as group:
+                # Events are for people: the drain does not wait for them (they queue last for the rate limit).
+                if plan.find(plans.Announce):
+                    group.create_task(self._events.node_event(node, "InterruptionNotice", _describe(notice, plan)))
+                if plan.drains:
+                    report = await self._drain_once(node, plan, hook, log)
         if isinstance(complete, plans.CompleteLifecycle) and self._lifecycle is not None:
             if complete.when_node_ready:
                 await self._wait_ready(node, plan)
@@ -108,6 +115,7 @@ class Actor:
             cordon=plan.find(plans.Cordon) is not None,
             labels=labels,
             annotations=annotations,
+            owner_key=f"{self._config.prefix}/owned",
         )
 
     async def _drain_once(
@@ -140,10 +148,13 @@ class Actor:
             started = loop.time()
             metrics.DRAINS_IN_FLIGHT.inc()
             try:
-                await self._events.node_event(node, "DrainStarted", f"draining until {plan.deadline.isoformat()}")
-                async with asyncio.TaskGroup() as group:
+                async with _beside() as group:
+                    started_event = f"draining until {plan.deadline.isoformat()}"
+                    group.create_task(self._events.node_event(node, "DrainStarted", started_event))
                     beats = group.create_task(self._heartbeats(hook, log)) if hook else None
-                    report = await draining.drain(node.name, deadline, self._pods, self._config.drain, self._evictions)
+                    report = await draining.drain(
+                        node.name, deadline, self._pods, self._config.drain, self._evictions, self._budgets
+                    )
                     if beats is not None:
                         beats.cancel()
             finally:
@@ -194,6 +205,19 @@ class Actor:
                 await self._index.wait_for(ready)
         except TimeoutError:
             raise TransientError(f"launch hook: node {name} not Ready before the deadline") from None
+
+
+@contextlib.asynccontextmanager
+async def _beside() -> AsyncIterator[asyncio.TaskGroup]:
+    """A TaskGroup for side tasks (Events, heartbeats) next to the main work, whose own exception comes out as
+    itself rather than wrapped in an ExceptionGroup, so the handler still tells transient from permanent."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            yield group
+    except BaseExceptionGroup as error:
+        if len(error.exceptions) == 1:
+            raise error.exceptions[0] from None
+        raise
 
 
 def _describe(notice: Notice, plan: plans.Plan) -> str:

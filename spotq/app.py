@@ -8,7 +8,7 @@ import logging
 import signal
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -17,6 +17,7 @@ from spotq.aws import session
 from spotq.aws.autoscaling import Lifecycle
 from spotq.aws.ec2 import InstanceLookup
 from spotq.aws.sqs import Queue
+from spotq.budgets import Budgets
 from spotq.dispatching import Dispatcher
 from spotq.draining import DrainOptions
 from spotq.errors import ConfigError
@@ -24,6 +25,7 @@ from spotq.kube.client import KubeClient
 from spotq.kube.events import EventRecorder
 from spotq.kube.marks import NodeMarker
 from spotq.kube.nodes import NodeIndex
+from spotq.kube.pdbs import watch_budgets
 from spotq.kube.pods import PodClient
 from spotq.observability import probes
 from spotq.resolving import Resolver
@@ -56,6 +58,8 @@ class Core:
     index: NodeIndex
     actor: acting.Actor
     policy: planning.Policy
+    budgets: Budgets = field(default_factory=Budgets)
+    """Fed by `kube.pdbs.watch_budgets(kube, budgets)`; until that runs, evictions retry PDB refusals on a timer."""
 
 
 async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: acting.LifecycleApi | None) -> Core:
@@ -64,6 +68,7 @@ async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: acting
     kube = await KubeClient.connect(settings.kube, max_connections=settings.drain.max_concurrent_nodes + 200)
     stack.push_async_callback(kube.close)
     index = NodeIndex(selector, settings.kube.taint_prefix)
+    budgets = Budgets()
     actor = acting.Actor(
         writer=NodeMarker(kube),
         pods=PodClient(kube),
@@ -77,8 +82,9 @@ async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: acting
         ),
         drain_slots=DeadlineSlots(settings.drain.max_concurrent_nodes),
         evictions=asyncio.Semaphore(settings.drain.max_concurrent_evictions),
+        budgets=budgets,
     )
-    return Core(kube, index, actor, planning.Policy.from_settings(settings))
+    return Core(kube, index, actor, planning.Policy.from_settings(settings), budgets)
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -107,8 +113,8 @@ async def run_queue_mode(
     loop = asyncio.get_running_loop()
     async with AsyncExitStack() as stack:
         sqs = await session.open_client(stack, "sqs", settings.aws)
-        ec2 = await session.open_client(stack, "ec2", settings.aws)
-        autoscaling = await session.open_client(stack, "autoscaling", settings.aws)
+        ec2 = session.LazyClient(stack, "ec2", settings.aws)
+        autoscaling = session.LazyClient(stack, "autoscaling", settings.aws)
         core = await open_core(stack, settings, Lifecycle(autoscaling))
         queue = Queue(sqs, settings.queue.url)
         await _check_queue(sqs, settings.queue.url)
@@ -140,7 +146,11 @@ async def run_queue_mode(
         if on_listening is not None:
             on_listening(port)
         async with asyncio.TaskGroup() as group:
-            background = [group.create_task(core.index.run(core.kube)), group.create_task(lookup.run())]
+            background = [
+                group.create_task(core.index.run(core.kube)),
+                group.create_task(watch_budgets(core.kube, core.budgets)),
+                group.create_task(lookup.run()),
+            ]
             await dispatcher.run(stop)
             for task in background:
                 task.cancel()

@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return _run(settings)
     if args.command == "imds":
         return _imds(settings)
+    if args.command == "release":
+        return _release(settings, args.nodes)
     parser.print_help()
     return 2
 
@@ -57,6 +61,11 @@ def _run(settings: Settings) -> int:
     if not settings.queue.url:
         print("spotq: missing setting SPOTQ_QUEUE__URL (the SQS queue to consume)", file=sys.stderr)
         return 2
+    region = aws_region(settings.aws.region, settings.queue.url, os.environ)
+    if region is None:
+        print("spotq: missing setting SPOTQ_AWS__REGION (or AWS_REGION; none in the queue URL either)", file=sys.stderr)
+        return 2
+    settings.aws.region = region
     logs.configure(settings.log)
     try:
         return asyncio.run(app.run_queue_mode(settings))
@@ -88,6 +97,28 @@ def _imds(settings: Settings) -> int:
         return 130
 
 
+def _release(settings: Settings, nodes: list[str]) -> int:
+    from spotq import releasing
+
+    logs.configure(settings.log)
+    try:
+        return asyncio.run(releasing.release(settings, nodes))
+    except ConfigError as exc:
+        print(f"spotq: {exc}", file=sys.stderr)
+        return 2
+
+
+def aws_region(configured: str | None, queue_url: str, environ: Mapping[str, str]) -> str | None:
+    """SPOTQ_AWS__REGION, else the SDK's AWS_REGION / AWS_DEFAULT_REGION, else the region in the queue URL."""
+    if configured:
+        return configured
+    from_env = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if from_env:
+        return from_env
+    match = re.match(r"^https?://sqs[.-]([a-z0-9-]+)\.amazonaws\.com", queue_url)
+    return match.group(1) if match else None
+
+
 def explain(path: str, settings: Settings) -> int:
     """Classify one body and print what the current settings would do with it."""
     try:
@@ -100,7 +131,11 @@ def explain(path: str, settings: Settings) -> int:
         print(f"spotq: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 1
     notice = parsing.parse(body)
-    print(json.dumps(describe_notice(notice, settings), indent=2))
+    try:
+        print(json.dumps(describe_notice(notice, settings), indent=2), flush=True)
+    except BrokenPipeError:
+        # `spotq explain f | head`: the reader left; not an error worth a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
@@ -158,6 +193,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog=_settings_table(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    release_parser = sub.add_parser(
+        "release",
+        help="take spotq's taints, cordon, label and annotations off nodes that were not reclaimed after all",
+        description="Undo what spotq set on the nodes (an operator's own cordon or taints stay).",
+    )
+    release_parser.add_argument("nodes", nargs="+", metavar="NODE", help="node name")
     explain_parser = sub.add_parser(
         "explain",
         help="classify one message body and print what would be done (no AWS, no cluster)",

@@ -1,24 +1,37 @@
 """Drain one node the way `kubectl drain` does, inside the notice's deadline.
 
 Pods are evicted concurrently through the Eviction API; deletions are awaited on one watch per node (not by
-polling each pod); PDB refusals (429) back off and retry; at the deadline the drain stops and names what blocked it.
+polling each pod); a pod whose PodDisruptionBudget allows no disruption now waits for the budget to make room
+(budgets.Budgets, earliest deadline first) instead of asking again and again; a refusal (429) that still happens
+backs off and retries; at the deadline the drain stops and names what blocked it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import random
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from spotq.budgets import BudgetKey, Budgets
 from spotq.errors import ApiError, SpotqError
 from spotq.observability import metrics
 
 log = logging.getLogger(__name__)
 
 FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+# How long a budget may show no progress (no status update, no admission) before its waiting pods ask the API
+# server anyway: a lost watch event must not stall a drain; the watch normally reports a change within a second.
+BUDGET_PATIENCE_SECONDS = 10.0
+# The Eviction API names the budget that refused: "The disruption budget web needs 3 healthy pods and has 3 ...".
+# Drains are numbered as they start: among equal deadlines, earlier drains' pods take budget room first.
+_DRAINS = itertools.count()
+_REFUSING_BUDGET = re.compile(r"disruption budget ([a-z0-9]([-a-z0-9.]*[a-z0-9])?) needs")
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,7 @@ class Pod:
     mirror: bool = False
     uses_emptydir: bool = False
     terminating: bool = False
+    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs: which PDB covers the pod
 
     @property
     def key(self) -> str:
@@ -167,9 +181,11 @@ async def drain(
     api: PodApi,
     options: DrainOptions,
     evictions: asyncio.Semaphore,
+    budgets: Budgets | None = None,
 ) -> DrainReport:
     """Evict every pod that should go and wait until they are gone, or until `deadline` (loop time)."""
     report = DrainReport(node)
+    order = (deadline, next(_DRAINS))
     pods, version = await api.list_on_node(node)
     selection = select(pods, options)
     report.skipped = [pod.key for pod in selection.skipped]
@@ -184,7 +200,7 @@ async def drain(
         if pod in selection.wait_only:
             result = "waiting"
         else:
-            result = await _evict(pod, deadline, api, options, evictions, pending)
+            result = await _evict(pod, order, api, options, evictions, pending, budgets or Budgets())
         if result == "refused":
             return  # stays in `pending` with its reason
         if result == "evicted":
@@ -214,15 +230,18 @@ async def drain(
 
 async def _evict(
     pod: Pod,
-    deadline: float,
+    order: tuple[float, int],
     api: PodApi,
     options: DrainOptions,
     evictions: asyncio.Semaphore,
     pending: dict[str, str],
+    budgets: Budgets,
 ) -> Literal["evicted", "gone", "refused"]:
     """Evict (or, near the deadline if allowed, delete) until accepted; "refused" when it never can be."""
     loop = asyncio.get_running_loop()
+    deadline = order[0]
     attempt = 0
+    budget: BudgetKey | None = budgets.covering(pod.namespace, dict(pod.labels))
     while True:
         seconds_left = deadline - loop.time()
         grace = clamp_grace(pod.grace_seconds, seconds_left)
@@ -232,7 +251,7 @@ async def _evict(
             and attempt > 0
         )
         try:
-            async with evictions:
+            async with budgets.turn(None if force else budget, order, BUDGET_PATIENCE_SECONDS), evictions:
                 if force:
                     await api.delete(pod, grace)
                 else:
@@ -250,6 +269,16 @@ async def _evict(
             if exc.status == 429:
                 metrics.EVICTIONS.labels(result="pdb_blocked").inc()
                 pending[pod.key] = "a PodDisruptionBudget allows no disruption (429)"
+                refusing = _REFUSING_BUDGET.search(exc.body)
+                if refusing and budgets.active:
+                    # The budget's next status change is what to wait for: a short pause covers a watch that
+                    # has not yet seen the refusal, then `turn` waits for room.
+                    budget = (pod.namespace, refusing.group(1))
+                    await asyncio.sleep(
+                        random.uniform(options.retry_initial_seconds / 2, options.retry_initial_seconds)
+                    )
+                    attempt += 1
+                    continue
             else:
                 metrics.EVICTIONS.labels(result="error").inc()
                 pending[pod.key] = f"eviction failed: {exc.status} {exc.reason}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,7 +26,12 @@ class ActionLevel(enum.StrEnum):
         return list(ActionLevel).index(self)
 
 
-class QueueSettings(BaseModel):
+class _Group(BaseModel):
+    # A misspelt SPOTQ_<GROUP>__<NAME> is an error naming it, not a silently ignored setting.
+    model_config = ConfigDict(extra="forbid")
+
+
+class QueueSettings(_Group):
     url: str | None = Field(None, description="SQS queue URL to consume (required by `spotq run`).")
     wait_seconds: int = Field(20, ge=0, le=20, description="Long-poll wait per receive, s; 20 is the SQS maximum.")
     visibility_timeout_seconds: int = Field(
@@ -51,12 +56,16 @@ class QueueSettings(BaseModel):
     )
 
 
-class AwsSettings(BaseModel):
-    region: str = Field("us-east-1", description="AWS region of the queue and instances.")
+class AwsSettings(_Group):
+    region: str | None = Field(
+        None,
+        description="AWS region of the queue and instances; unset: AWS_REGION / AWS_DEFAULT_REGION (as the AWS "
+        "SDK finds it, e.g. from the EKS pod identity webhook), else the region in the queue URL.",
+    )
     endpoint_url: str | None = Field(None, description="Endpoint override (moto, LocalStack); unset for AWS.")
 
 
-class KubeSettings(BaseModel):
+class KubeSettings(_Group):
     kubeconfig: str | None = Field(
         None, description="Path to a kubeconfig; unset: in-cluster config, else $KUBECONFIG / ~/.kube/config."
     )
@@ -79,7 +88,7 @@ class KubeSettings(BaseModel):
     pod_namespace: str | None = Field(None, description="Namespace of spotq's own pod (downward API).")
 
 
-class PolicySettings(BaseModel):
+class PolicySettings(_Group):
     spot_interruption: ActionLevel = Field(ActionLevel.DRAIN, description="Spot interruption warning.")
     rebalance_recommendation: ActionLevel = Field(
         ActionLevel.TAINT, description="Rebalance recommendation: a PreferNoSchedule taint avoids churn."
@@ -97,7 +106,7 @@ class PolicySettings(BaseModel):
     )
 
 
-class DrainSettings(BaseModel):
+class DrainSettings(_Group):
     max_concurrent_nodes: int = Field(
         500, ge=1, description="Nodes drained at once (earliest deadline first); the rest wait their turn."
     )
@@ -129,17 +138,17 @@ class DrainSettings(BaseModel):
     )
 
 
-class ServerSettings(BaseModel):
+class ServerSettings(_Group):
     address: str = Field("0.0.0.0", description="Listen address of /metrics, /healthz, /readyz.")
     port: int = Field(8080, ge=0, le=65535, description="Listen port; 0 picks a free one.")
 
 
-class LogSettings(BaseModel):
+class LogSettings(_Group):
     format: Literal["text", "json"] = Field("text", description="Log line format.")
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lowest level logged.")
 
 
-class ImdsSettings(BaseModel):
+class ImdsSettings(_Group):
     """IMDS mode (`spotq imds`): one pod per Spot node polls that node's instance metadata."""
 
     endpoint: str = Field(

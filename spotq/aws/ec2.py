@@ -68,9 +68,10 @@ class InstanceLookup:
     async def _call(self, ids: list[InstanceId]) -> dict[InstanceId, InstanceInfo]:
         found: dict[InstanceId, InstanceInfo] = {}
         try:
-            paginator = self._client.get_paginator("describe_instances")
             # A filter, not InstanceIds=: unknown ids then simply do not match instead of failing the batch.
-            async for page in paginator.paginate(Filters=[{"Name": "instance-id", "Values": ids}]):
+            query: dict[str, Any] = {"Filters": [{"Name": "instance-id", "Values": ids}]}
+            while True:
+                page = await self._client.describe_instances(**query)
                 for reservation in page.get("Reservations", []):
                     for instance in reservation.get("Instances", []):
                         instance_id = InstanceId(instance["InstanceId"])
@@ -79,6 +80,9 @@ class InstanceLookup:
                             instance.get("PrivateDnsName", ""),
                             {t["Key"]: t.get("Value", "") for t in instance.get("Tags", [])},
                         )
+                if not page.get("NextToken"):
+                    break
+                query["NextToken"] = page["NextToken"]
         except (ClientError, BotoCoreError) as exc:
             metrics.API_ERRORS.labels(api="ec2", operation="describe_instances").inc()
             raise TransientError(f"describe_instances: {exc}") from exc

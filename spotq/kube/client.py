@@ -1,7 +1,8 @@
 """A lean Kubernetes JSON client: kubernetes_asyncio loads the config and TLS, we speak raw JSON.
 
 Raw JSON avoids building model objects for every node and pod (the hot path at 1000 nodes), and one client with
-one rate limiter is shared by everything spotq does.
+one rate limiter is shared by everything spotq does; when it must wait, taints go before drains and drains before
+Events (see ratelimit.Priority).
 """
 
 from __future__ import annotations
@@ -9,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 from kubernetes_asyncio import client as k8s_client
@@ -19,17 +22,26 @@ from kubernetes_asyncio import config as k8s_config
 
 from spotq.errors import ApiError, ConfigError, TransientError
 from spotq.observability import metrics
-from spotq.ratelimit import TokenBucket
+from spotq.ratelimit import Priority, TokenBucket
 from spotq.settings import KubeSettings
 
 JSON = dict[str, Any]
+
+# Retries of a request that API Priority and Fairness turned away (429 with Retry-After, usually 1 s).
+_THROTTLE_RETRIES = 5
 
 
 class KubeClient:
     def __init__(self, api: Any, settings: KubeSettings) -> None:
         self._api = api
         self._host: str = api.configuration.host
-        self._session: aiohttp.ClientSession = api.rest_client.pool_manager
+        # Our own session on kubernetes_asyncio's connector (its TLS settings and pool): that session trusts the
+        # environment, which costs a thread-pool hop and a ~/.netrc lookup on every request. The proxy, if
+        # any, is decided once here instead.
+        self._session = aiohttp.ClientSession(
+            connector=api.rest_client.pool_manager.connector, connector_owner=False, read_bufsize=2**21
+        )
+        self._proxy = _proxy_for(self._host, api.configuration.proxy)
         self._bucket = TokenBucket(settings.qps, settings.burst)
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
 
@@ -52,6 +64,7 @@ class KubeClient:
         return cls(k8s_client.ApiClient(configuration), settings)
 
     async def close(self) -> None:
+        await self._session.close()
         await self._api.close()
 
     async def _headers(self, content_type: str) -> dict[str, str]:
@@ -71,11 +84,37 @@ class KubeClient:
         body: JSON | None = None,
         content_type: str = "application/json",
         operation: str,
+        priority: Priority = Priority.WORK,
     ) -> JSON:
-        """One API call; non-2xx raises ApiError (status kept), network trouble TransientError."""
-        await self._bucket.acquire()
-        metrics.KUBE_REQUESTS.labels(operation=operation).inc()
+        """One API call; non-2xx raises ApiError (status kept), network trouble TransientError.
+
+        A 429 from API Priority and Fairness (the server is busy, not a PDB refusal) is retried after the
+        Retry-After it names, a few times: under a mass interruption that is the server pacing us, not a failure.
+        """
         data = json.dumps(body) if body is not None else None
+        for attempt in range(_THROTTLE_RETRIES + 1):
+            try:
+                return await self._request_once(method, path, query, data, content_type, operation, priority)
+            except ApiError as exc:
+                if exc.status != 429 or "disruption budget" in exc.body or attempt == _THROTTLE_RETRIES:
+                    raise
+                metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()
+                delay = exc.retry_after if exc.retry_after is not None else 1.0
+                await asyncio.sleep(random.uniform(delay, delay * 1.5))
+        raise AssertionError("unreachable")
+
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None,
+        data: str | None,
+        content_type: str,
+        operation: str,
+        priority: Priority,
+    ) -> JSON:
+        await self._bucket.acquire(priority)
+        metrics.KUBE_REQUESTS.labels(operation=operation).inc()
         try:
             async with self._session.request(
                 method,
@@ -83,10 +122,12 @@ class KubeClient:
                 data=data,
                 headers=await self._headers(content_type),
                 timeout=self._timeout,
+                proxy=self._proxy,
             ) as response:
                 text = await response.text()
                 if response.status >= 300:
-                    metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()
+                    if response.status != 429:
+                        metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()
                     raise ApiError(response.status, response.reason or "", text, _retry_after(response))
                 return json.loads(text) if text else {}
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -102,6 +143,7 @@ class KubeClient:
             async with self._session.get(
                 self._url(path, params),
                 headers=await self._headers("application/json"),
+                proxy=self._proxy,
                 # The server ends a watch after timeoutSeconds and sends bookmarks meanwhile: a read silent for
                 # longer than that means a dead connection, which must not stall the index forever.
                 timeout=aiohttp.ClientTimeout(
@@ -117,6 +159,16 @@ class KubeClient:
         except (aiohttp.ClientError, TimeoutError) as exc:
             metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()
             raise TransientError(f"{operation}: {type(exc).__name__}: {exc}") from exc
+
+
+def _proxy_for(host: str, configured: str | None) -> str | None:
+    """The kubeconfig's proxy-url, else HTTPS_PROXY/HTTP_PROXY unless NO_PROXY covers the API server."""
+    if configured:
+        return configured
+    parts = urlsplit(host)
+    if urllib.request.proxy_bypass(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _retry_after(response: aiohttp.ClientResponse) -> float | None:

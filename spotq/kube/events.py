@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from spotq.errors import SpotqError
 from spotq.kube.client import KubeClient
 from spotq.kube.nodes import NodeRef
+from spotq.ratelimit import Priority
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ class EventRecorder:
             "count": 1,
         }
         try:
-            await self._client.request("POST", "/api/v1/namespaces/default/events", body=body, operation="create_event")
+            await self._client.request(
+                "POST", "/api/v1/namespaces/default/events", body=body, operation="create_event", priority=Priority.NOTE
+            )
         except SpotqError as exc:
             log.warning("event not recorded", extra={"node": node.name, "reason": reason, "error": str(exc)[:200]})

@@ -6,12 +6,14 @@ silently losing a taint; we then read the node again and recompute. A node alrea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from spotq.errors import ApiError, TransientError
 from spotq.kube.client import JSON, KubeClient
 from spotq.kube.nodes import NodeRef
+from spotq.ratelimit import Priority
 
 CONFLICT_RETRIES = 8
 
@@ -24,6 +26,8 @@ class Marks:
     annotations: dict[str, str] = field(default_factory=dict)
     """Written only where absent: the first notice that acted stays on record."""
     overwrite_annotations: dict[str, str] = field(default_factory=dict)
+    owner_key: str = ""
+    """If set, an annotation listing what spotq itself changed (cordon, labels): `spotq release` undoes only that."""
 
 
 def patch_for(node: JSON, marks: Marks) -> JSON | None:
@@ -43,6 +47,10 @@ def patch_for(node: JSON, marks: Marks) -> JSON | None:
     new_annotations = {k: v for k, v in marks.annotations.items() if k not in annotations}
     new_annotations |= {k: v for k, v in marks.overwrite_annotations.items() if annotations.get(k) != v}
     cordon = marks.cordon and not spec.get("unschedulable", False)
+    owned = (["cordon"] if cordon else []) + [f"label:{k}" for k in new_labels if k not in labels]
+    if marks.owner_key and owned:
+        before = set(filter(None, annotations.get(marks.owner_key, "").split(",")))
+        new_annotations[marks.owner_key] = ",".join(sorted(before | set(owned)))
     if not (added or new_labels or new_annotations or cordon):
         return None
     patch: JSON = {"metadata": {"resourceVersion": meta.get("resourceVersion", "")}}
@@ -69,13 +77,49 @@ class NodeMarker:
         return await apply(self._client, node.name, marks, node.view)
 
 
+def release_patch(node: JSON, prefix: str) -> JSON | None:
+    """The merge patch that takes spotq's marks off `node` (pure): its taints and annotations always, the cordon
+    and labels only where spotq's owner record says spotq set them (an operator's own cordon stays)."""
+    meta = node.get("metadata") or {}
+    spec = node.get("spec") or {}
+    annotations: dict[str, str] = meta.get("annotations") or {}
+    owned = set(filter(None, annotations.get(f"{prefix}/owned", "").split(",")))
+    taints = list(spec.get("taints") or [])
+    kept = [t for t in taints if not str(t.get("key", "")).startswith(f"{prefix}/")]
+    patch: JSON = {"metadata": {"resourceVersion": meta.get("resourceVersion", "")}}
+    spec_patch: JSON = {}
+    if len(kept) != len(taints):
+        spec_patch["taints"] = kept
+    if "cordon" in owned and spec.get("unschedulable"):
+        spec_patch["unschedulable"] = None  # merge patch: null removes the field, i.e. schedulable again
+    labels = {item.removeprefix("label:"): None for item in owned if item.startswith("label:")}
+    labels = {k: v for k, v in labels.items() if k in (meta.get("labels") or {})}
+    ours = {k: None for k in annotations if k.startswith(f"{prefix}/")}
+    if spec_patch:
+        patch["spec"] = spec_patch
+    if labels:
+        patch["metadata"]["labels"] = labels
+    if ours:
+        patch["metadata"]["annotations"] = ours
+    return patch if (spec_patch or labels or ours) else None
+
+
 async def apply(client: KubeClient, node_name: str, marks: Marks, cached: JSON | None = None) -> bool:
     """Make `marks` true on the node. Returns True if a write was needed. Raises on persistent failure."""
+    return await patch_node(client, node_name, lambda node: patch_for(node, marks), cached)
+
+
+async def patch_node(
+    client: KubeClient, node_name: str, compute: Callable[[JSON], JSON | None], cached: JSON | None = None
+) -> bool:
+    """PATCH what `compute` derives from the node, retrying on 409 with a fresh read. True if it wrote."""
     node = cached
     for _ in range(CONFLICT_RETRIES):
         if node is None:
-            node = await client.request("GET", f"/api/v1/nodes/{node_name}", operation="get_node")
-        patch = patch_for(node, marks)
+            node = await client.request(
+                "GET", f"/api/v1/nodes/{node_name}", operation="get_node", priority=Priority.MARK
+            )
+        patch = compute(node)
         if patch is None:
             return False
         try:
@@ -85,6 +129,7 @@ async def apply(client: KubeClient, node_name: str, marks: Marks, cached: JSON |
                 body=patch,
                 content_type="application/merge-patch+json",
                 operation="patch_node",
+                priority=Priority.MARK,
             )
             return True
         except ApiError as exc:

@@ -27,6 +27,7 @@ def pod_from(obj: JSON) -> Pod:
         mirror=_MIRROR in (meta.get("annotations") or {}),
         uses_emptydir=any("emptyDir" in volume for volume in spec.get("volumes") or []),
         terminating=meta.get("deletionTimestamp") is not None,
+        labels=tuple(sorted((meta.get("labels") or {}).items())),
     )
 
 

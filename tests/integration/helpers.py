@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from testenv import MotoServer
+from testenv import KubeClient, MotoServer
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 90.0, every: float = 0.25) -> Any:
@@ -26,3 +27,39 @@ def queue_depth(moto: MotoServer, url: str) -> int:
         QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"]
     return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
+
+
+class BudgetWatch:
+    """Samples every PDB in a namespace in the background and keeps the worst margin seen.
+
+    margin = status.currentHealthy - status.desiredHealthy; a negative margin means a budget was violated.
+    """
+
+    def __init__(self, client: KubeClient, namespace: str, every: float = 0.1) -> None:
+        self._client = client
+        self._path = f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets"
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.worst: dict[str, int] = {}
+        self.samples = 0
+
+    def __enter__(self) -> BudgetWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pdb in self._client.list_items(self._path):
+                status = pdb.get("status") or {}
+                if "desiredHealthy" not in status:
+                    continue
+                margin = int(status.get("currentHealthy", 0)) - int(status["desiredHealthy"])
+                name = pdb["metadata"]["name"]
+                self.worst[name] = min(self.worst.get(name, margin), margin)
+            self.samples += 1
+            self._stop.wait(self._every)

@@ -83,18 +83,18 @@ def make_actor(pods: FakePods, heartbeat: float = 60.0) -> tuple[acting.Actor, F
     return actor, writer, events, lifecycle
 
 
-NOW = datetime.now(UTC)
 POLICY = planning.Policy.from_settings(Settings())
 HOOK = LifecycleHook("asg", "hook", "tok", INSTANCE)
 
 
 async def act(actor: acting.Actor, notice: SpotInterruption | StateChange | LifecycleTerminate) -> None:
-    plan = planning.plan(notice, POLICY, NOW)
+    plan = planning.plan(notice, POLICY, datetime.now(UTC))
     ref = node_ref(NODE_JSON, selectors.parse(""))
     await actor.act(plan, notice, ref, asyncio.get_running_loop().time(), logs.get("test"))
 
 
 async def test_three_notices_for_one_node_share_one_drain_and_marks_once() -> None:
+    NOW = datetime.now(UTC)  # noqa: N806 - per test: a module-level clock goes stale in a long session
     pods = FakePods(delete_delay_seconds=0.3)
     for i in range(3):
         pods.add("n1", f"web-{i}")
@@ -119,6 +119,7 @@ async def test_three_notices_for_one_node_share_one_drain_and_marks_once() -> No
 
 
 async def test_a_repeated_notice_changes_nothing() -> None:
+    NOW = datetime.now(UTC)  # noqa: N806 - per test: a module-level clock goes stale in a long session
     actor, writer, _, _ = make_actor(FakePods())
     spot = SpotInterruption(
         event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120)
@@ -130,6 +131,7 @@ async def test_a_repeated_notice_changes_nothing() -> None:
 
 
 async def test_heartbeats_while_a_hooked_node_drains() -> None:
+    NOW = datetime.now(UTC)  # noqa: N806 - per test: a module-level clock goes stale in a long session
     pods = FakePods(delete_delay_seconds=0.35)
     pods.add("n1", "web-0")
     actor, _, _, lifecycle = make_actor(pods, heartbeat=0.1)

@@ -82,6 +82,7 @@ def test_unreadable_kubeconfig_is_named(tmp_path: Path) -> None:
     result = spotq(
         "run",
         SPOTQ_QUEUE__URL="http://127.0.0.1:9/000000000000/q",
+        SPOTQ_AWS__REGION="us-east-1",
         SPOTQ_KUBE__KUBECONFIG=str(tmp_path / "missing"),
     )
     assert result.returncode == 2
@@ -104,3 +105,40 @@ def test_readme_lists_every_setting_as_declared() -> None:
     assert settings.markdown_table() in readme, (
         "regenerate: python -c 'from spotq import settings; print(settings.markdown_table())'"
     )
+
+
+def test_a_misspelt_setting_is_named_not_ignored() -> None:
+    result = spotq("run", SPOTQ_DRAIN__TIMEOUT_SECOND="30")
+    assert result.returncode == 2
+    assert "SPOTQ_DRAIN__TIMEOUT_SECOND" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("configured", "environ", "url", "expected"),
+    [
+        ("eu-west-1", {"AWS_REGION": "us-west-2"}, "https://sqs.ap-south-1.amazonaws.com/1/q", "eu-west-1"),
+        (None, {"AWS_REGION": "us-west-2"}, "https://sqs.ap-south-1.amazonaws.com/1/q", "us-west-2"),
+        (None, {"AWS_DEFAULT_REGION": "ca-central-1"}, "http://127.0.0.1:5000/1/q", "ca-central-1"),
+        (None, {}, "https://sqs.ap-south-1.amazonaws.com/123456789012/q", "ap-south-1"),
+        (None, {}, "http://127.0.0.1:5000/123456789012/q", None),
+    ],
+)
+def test_region_comes_from_setting_then_sdk_environment_then_queue_url(
+    configured: str | None, environ: dict[str, str], url: str, expected: str | None
+) -> None:
+    from spotq import cli
+
+    assert cli.aws_region(configured, url, environ) == expected
+
+
+def test_missing_region_is_named() -> None:
+    result = spotq("run", SPOTQ_QUEUE__URL="http://127.0.0.1:9/123456789012/q")
+    assert result.returncode == 2 and "SPOTQ_AWS__REGION" in result.stderr
+
+
+def test_explain_into_a_closed_pipe_is_quiet() -> None:
+    body = str(EVENTS / "eventbridge/spot-interruption-warning.json")
+    result = subprocess.run(
+        f"{sys.executable} -m spotq explain {body} | head -c 1", shell=True, capture_output=True, text=True, timeout=60
+    )
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

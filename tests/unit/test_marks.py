@@ -54,3 +54,43 @@ def test_first_notice_stays_on_record_but_overwrites_update() -> None:
     assert patch is not None
     assert patch["metadata"]["annotations"] == {"spotq.io/drain": "finished"}
     assert "spec" not in patch
+
+
+def test_marks_record_what_spotq_itself_changed() -> None:
+    marks = Marks(cordon=True, labels={LB: "true"}, owner_key="spotq.io/owned")
+    patch = patch_for(node(), marks)
+    assert patch is not None and patch["metadata"]["annotations"]["spotq.io/owned"] == f"cordon,label:{LB}"
+    already = node(unschedulable=True)  # an operator cordoned it first
+    patch = patch_for(already, marks)
+    assert patch is not None and patch["metadata"]["annotations"]["spotq.io/owned"] == f"label:{LB}"
+
+
+def test_release_undoes_only_what_spotq_set() -> None:
+    from spotq.kube.marks import release_patch
+
+    marked = node(
+        unschedulable=True,
+        taints=[
+            {"key": "dedicated", "value": "x", "effect": "NoSchedule"},
+            {"key": "spotq.io/rebalance-recommendation", "value": "e", "effect": "PreferNoSchedule"},
+        ],
+    )
+    marked["metadata"]["labels"] = {LB: "true", "team": "a"}
+    marked["metadata"]["annotations"] = {
+        "spotq.io/owned": f"cordon,label:{LB}",
+        "spotq.io/drain": "finished",
+        "other": "1",
+    }
+    patch = release_patch(marked, "spotq.io")
+    assert patch == {
+        "metadata": {
+            "resourceVersion": "42",
+            "labels": {LB: None},
+            "annotations": {"spotq.io/owned": None, "spotq.io/drain": None},
+        },
+        "spec": {"taints": [{"key": "dedicated", "value": "x", "effect": "NoSchedule"}], "unschedulable": None},
+    }
+    operator_cordon = node(unschedulable=True, taints=[{"key": "spotq.io/spot-interruption", "effect": "NoSchedule"}])
+    patch = release_patch(operator_cordon, "spotq.io")
+    assert patch is not None and "unschedulable" not in patch["spec"]
+    assert release_patch(node(), "spotq.io") is None

@@ -1,0 +1,190 @@
+"""PodDisruptionBudgets as spotq sees them: from a watch of their status, admit evictions only while a budget allows
+a disruption, earliest drain deadline first.
+
+Without this, every drain would ask the Eviction API for every pod at once and retry each refusal (429) on a
+timer: in a mass interruption most of those requests are refused, they crowd out the requests that can succeed,
+and a pod's turn does not follow its node's deadline. Worse, many evictions under one budget at once conflict on
+its status inside the API server. With it, a few evictions per budget are in flight, budgets proceed in parallel,
+and the refusals that remain are the races between a status update and the next eviction.
+While the watch is not running (no RBAC to list PDBs, or not started), `turn` lets every eviction through and
+draining falls back to retrying 429s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+JSON = dict[str, Any]
+BudgetKey = tuple[str, str]  # (namespace, name)
+
+
+def _matches(selector: JSON | None, labels: Mapping[str, str]) -> bool:
+    """A metav1.LabelSelector: matchLabels and matchExpressions (In, NotIn, Exists, DoesNotExist)."""
+    if selector is None:
+        return False  # policy/v1: a null selector selects no pods (an empty one selects all)
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for expression in selector.get("matchExpressions") or []:
+        key, operator, values = expression.get("key", ""), expression.get("operator"), expression.get("values") or []
+        if operator == "In" and labels.get(key) not in values:
+            return False
+        if operator == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if operator == "Exists" and key not in labels:
+            return False
+        if operator == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+# Evictions in flight under one budget. Each accepted eviction rewrites the PDB's status; concurrent ones conflict
+# inside the API server, which retries each loser after 500 ms (EvictionsRetry). A few at a time keep the server
+# busy through those pauses without turning most of its work into conflicts (measured: bench/README.md).
+IN_FLIGHT_PER_BUDGET = 4
+
+
+@dataclass
+class _Budget:
+    selector: JSON | None
+    allowed: int | None = None  # status.disruptionsAllowed; None until the controller has reported it
+    outstanding: int = 0  # evictions admitted whose request has not returned yet
+    waiters: list[tuple[tuple[float, int], int, asyncio.Future[bool]]] = field(default_factory=list)
+    progress: float = 0.0  # loop time of the last status update or admission
+
+    @property
+    def room(self) -> int:
+        allowed = self.allowed if self.allowed is not None else 0
+        return min(allowed, IN_FLIGHT_PER_BUDGET) - self.outstanding
+
+
+class Budgets:
+    def __init__(self) -> None:
+        self._budgets: dict[BudgetKey, _Budget] = {}
+        self._by_namespace: dict[str, set[str]] = {}
+        self._order = itertools.count()
+        self.active = False  # True while the watch keeps `_budgets` current
+
+    # -- fed by the watch ---------------------------------------------------------------------------------------
+
+    def update(self, pdb: JSON) -> None:
+        meta = pdb.get("metadata") or {}
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        budget = self._budgets.setdefault(key, _Budget(None))
+        self._by_namespace.setdefault(key[0], set()).add(key[1])
+        budget.selector = (pdb.get("spec") or {}).get("selector")
+        status = pdb.get("status") or {}
+        observed = status.get("observedGeneration", 0) >= meta.get("generation", 0)
+        budget.allowed = int(status.get("disruptionsAllowed", 0)) if observed else None
+        budget.progress = _now()
+        self._release(budget)
+
+    def remove(self, namespace: str, name: str) -> None:
+        budget = self._budgets.pop((namespace, name), None)
+        self._by_namespace.get(namespace, set()).discard(name)
+        if budget is not None:
+            self._open(budget)  # nothing guards these pods any more: let them try
+
+    def replace_all(self, pdbs: list[JSON]) -> None:
+        keep = {
+            ((p.get("metadata") or {}).get("namespace", ""), (p.get("metadata") or {}).get("name", "")) for p in pdbs
+        }
+        for key in [k for k in self._budgets if k not in keep]:
+            self.remove(*key)
+        for pdb in pdbs:
+            self.update(pdb)
+
+    def stop(self) -> None:
+        """The watch ended: release every waiter; draining retries refusals on its own until it is back."""
+        self.active = False
+        for budget in self._budgets.values():
+            self._open(budget)
+
+    @staticmethod
+    def _open(budget: _Budget) -> None:
+        for _, _, future in budget.waiters:
+            if not future.done():
+                future.set_result(False)
+        budget.waiters.clear()
+
+    # -- used by draining ---------------------------------------------------------------------------------------
+
+    def covering(self, namespace: str, labels: Mapping[str, str]) -> BudgetKey | None:
+        """The one budget that covers a pod; None for none, or for several (the Eviction API refuses those)."""
+        found = [
+            (namespace, name)
+            for name in self._by_namespace.get(namespace, ())
+            if _matches(self._budgets[(namespace, name)].selector, labels)
+        ]
+        return found[0] if len(found) == 1 else None
+
+    @asynccontextmanager
+    async def turn(self, key: BudgetKey | None, order: tuple[float, int], patience: float) -> AsyncIterator[None]:
+        """Wait until the budget has room and hold it while the eviction runs (an exception means it was not
+        accepted). Waiters go in `order`: (deadline, drain number), so the earliest deadline goes first and, among
+        equal deadlines, one node's pods go together and nodes finish one after another instead of all at the end.
+
+        A waiter gives up waiting and tries anyway only when its budget has shown no progress (no status update,
+        no admission) for `patience` s. Without a known budget or a running watch there is nothing to wait for.
+        """
+        budget = self._budgets.get(key) if key is not None and self.active else None
+        if budget is None:
+            yield
+            return
+        counted = False  # True when _release already counted this eviction as outstanding
+        if budget.waiters or budget.room <= 0:
+            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            heapq.heappush(budget.waiters, (order, next(self._order), future))
+            try:
+                while not future.done():
+                    try:
+                        counted = await asyncio.wait_for(asyncio.shield(future), patience)
+                    except TimeoutError:
+                        if _now() - budget.progress >= patience:
+                            break  # a lost watch event? Try anyway: the API server has the last word.
+            except asyncio.CancelledError:
+                self._forget(budget, future)
+                if future.done() and future.result():
+                    budget.outstanding -= 1
+                    self._release(budget)  # pass the room on
+                raise
+            self._forget(budget, future)
+            counted = future.done() and future.result()
+        if not counted:
+            budget.outstanding += 1
+        budget.progress = _now()
+        try:
+            yield
+        except BaseException:
+            budget.outstanding -= 1
+            self._release(budget)
+            raise
+        budget.outstanding -= 1
+        if budget.allowed is not None:
+            # Accepted: the API server spent one disruption; its status update with the same news may lag.
+            budget.allowed = max(0, budget.allowed - 1)
+        self._release(budget)
+
+    @staticmethod
+    def _forget(budget: _Budget, future: asyncio.Future[bool]) -> None:
+        budget.waiters = [w for w in budget.waiters if w[2] is not future]
+        heapq.heapify(budget.waiters)
+
+    def _release(self, budget: _Budget) -> None:
+        while budget.waiters and budget.room > 0:
+            _, _, future = heapq.heappop(budget.waiters)
+            if not future.done():
+                budget.outstanding += 1
+                budget.progress = _now()
+                future.set_result(True)
+
+
+def _now() -> float:
+    return time.monotonic()

@@ -1,0 +1,158 @@
+"""PDB-aware eviction admission and the priority rate limiter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from spotq import budgets as budgets_module
+from spotq.budgets import Budgets
+from spotq.ratelimit import Priority, TokenBucket
+
+
+def pdb(name: str, allowed: int, *, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "app", "name": name, "generation": 2},
+        "spec": {"selector": {"matchLabels": {"app": name} if labels is None else labels}},
+        "status": {
+            "disruptionsAllowed": allowed,
+            "observedGeneration": 2,
+        },
+    }
+
+
+def test_a_pod_is_covered_by_exactly_one_matching_budget() -> None:
+    budgets = Budgets()
+    budgets.update(pdb("web", 1))
+    budgets.update(pdb("all", 1, labels={}))  # an empty selector selects every pod in the namespace
+    assert budgets.covering("app", {"app": "db"}) == ("app", "all")
+    assert budgets.covering("app", {"app": "web"}) is None  # two budgets: the Eviction API refuses, we do not gate
+    assert budgets.covering("other", {"app": "web"}) is None
+
+
+async def test_evictions_wait_for_room_earliest_deadline_then_earliest_drain_first() -> None:
+    budgets = Budgets()
+    budgets.active = True
+    budgets.update(pdb("web", 0))
+    order: list[str] = []
+    release = asyncio.Event()
+
+    async def evict(pod: str, rank: tuple[float, int]) -> None:
+        async with budgets.turn(("app", "web"), rank, patience=5):
+            order.append(pod)
+            await release.wait()
+
+    ranks = {"late": (30.0, 0), "second-drain": (10.0, 2), "first-drain": (10.0, 1)}
+    tasks = [asyncio.create_task(evict(pod, rank)) for pod, rank in ranks.items()]
+    await asyncio.sleep(0.01)
+    assert order == []  # no room: nobody asks the API server
+    budgets.update(pdb("web", 2))
+    await asyncio.sleep(0.01)
+    assert order == ["first-drain", "second-drain"]
+    release.set()
+    await asyncio.sleep(0.01)
+    assert order == ["first-drain", "second-drain"]  # both accepted: the two disruptions are spent
+    budgets.update(pdb("web", 1))
+    await asyncio.gather(*tasks)
+    assert order == ["first-drain", "second-drain", "late"]
+
+
+async def test_a_budget_has_a_few_evictions_in_flight_at_most() -> None:
+    budgets = Budgets()
+    budgets.active = True
+    budgets.update(pdb("web", 100))
+    inside = 0
+    most = 0
+
+    async def evict(n: int) -> None:
+        nonlocal inside, most
+        async with budgets.turn(("app", "web"), (1.0, n), patience=5):
+            inside += 1
+            most = max(most, inside)
+            await asyncio.sleep(0.01)
+            inside -= 1
+
+    await asyncio.gather(*(evict(n) for n in range(20)))
+    assert most == budgets_module.IN_FLIGHT_PER_BUDGET
+
+
+async def test_a_refused_eviction_passes_its_turn_on_at_once() -> None:
+    budgets = Budgets()
+    budgets.active = True
+    budgets.update(pdb("web", 1))
+    admitted: list[str] = []
+
+    async def evict(pod: str, refused: bool) -> None:
+        with contextlib.suppress(RuntimeError):
+            async with budgets.turn(("app", "web"), (1.0, 0), patience=5):
+                admitted.append(pod)
+                await asyncio.sleep(0.01)
+                if refused:
+                    raise RuntimeError("429")
+
+    async with asyncio.timeout(0.5):
+        await asyncio.gather(evict("first", True), evict("second", False))
+    assert admitted == ["first", "second"]
+
+
+async def test_waiters_try_anyway_when_their_budget_stops_moving() -> None:
+    budgets = Budgets()
+    budgets.active = True
+    budgets.update(pdb("web", 0))
+    async with asyncio.timeout(1), budgets.turn(("app", "web"), (1.0, 0), patience=0.05):
+        pass
+
+
+async def test_without_a_watch_nothing_waits() -> None:
+    budgets = Budgets()
+    budgets.update(pdb("web", 0))
+    async with asyncio.timeout(1), budgets.turn(("app", "web"), (1.0, 0), patience=30):
+        pass
+
+
+async def test_a_stopped_watch_releases_the_waiters() -> None:
+    budgets = Budgets()
+    budgets.active = True
+    budgets.update(pdb("web", 0))
+    waiter = asyncio.create_task(_turn(budgets))
+    await asyncio.sleep(0.01)
+    budgets.stop()
+    async with asyncio.timeout(1):
+        await waiter
+
+
+async def _turn(budgets: Budgets) -> None:
+    async with budgets.turn(("app", "web"), (1.0, 0), patience=30):
+        pass
+
+
+async def test_rate_limit_serves_taints_before_drains_before_events() -> None:
+    bucket = TokenBucket(qps=100, burst=1)
+    await bucket.acquire()  # the bucket is now empty: everyone below waits
+    await bucket.acquire(Priority.MARK)  # a taint borrows the next token; then it waits too
+    order: list[str] = []
+
+    async def take(name: str, priority: Priority) -> None:
+        await bucket.acquire(priority)
+        order.append(name)
+
+    await asyncio.gather(
+        take("event", Priority.NOTE),
+        take("evict", Priority.WORK),
+        take("taint", Priority.MARK),
+        take("list", Priority.WORK),
+    )
+    assert order == ["taint", "evict", "list", "event"]
+
+
+async def test_a_wave_of_taints_borrows_one_burst_ahead() -> None:
+    bucket = TokenBucket(qps=1, burst=10)
+    async with asyncio.timeout(0.5):
+        for _ in range(20):  # 10 saved + 10 borrowed: none waits
+            await bucket.acquire(Priority.MARK)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await bucket.acquire(Priority.WORK)  # the debt is repaid before other work goes on

@@ -1,12 +1,13 @@
 # spotq developer targets. Every target sets up what it needs: a fresh machine needs only python3, go and make.
 #   make demo     the main job on the built-in local default (local control plane + moto), with a live view
 #   make test     lint + the whole test suite (bash .ci/run runs exactly this)
+#   make bench    the mass-interruption benchmark (all scales; bench/README.md), figures in bench/results/
 #   make testenv  build the local environment's binaries into $SPOTQ_CACHE (default ~/.cache/spotq); idempotent
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv testenv testenv-gomod test test-unit test-integration lint demo
+.PHONY: venv testenv testenv-gomod test test-unit test-integration lint demo bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,3 +40,10 @@ test-integration: venv testenv
 
 demo: venv testenv
 	$(PY) -m testenv.demo
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
+	touch $@
+
+bench: venv testenv $(VENV)/.bench-installed
+	$(PY) -m bench.run --all

@@ -19,6 +19,10 @@ from spotq.notices import LifecycleHook, Notice
 from spotq.observability import logs, metrics
 from spotq.slots import DeadlineSlots
 
+# In a wave of notices, taints go out before any drain or Event asks the API server for anything (each such
+# request slows the taints still on their way); for at most this long, so a steady stream cannot hold drains back.
+MARKS_FIRST_SECONDS = 5.0
+
 
 class NodeWriter(Protocol):
     async def mark(self, node: NodeRef, marks: Marks) -> bool: ...
@@ -65,6 +69,9 @@ class Actor:
         self._evictions = evictions
         self._budgets = budgets
         self._drains: dict[str, asyncio.Future[DrainReport]] = {}
+        self._marking = 0
+        self._marked = asyncio.Event()
+        self._marked.set()
 
     async def act(
         self, plan: plans.Plan, notice: Notice, node: NodeRef | None, received_loop_time: float, log: logs.Context
@@ -77,13 +84,20 @@ class Actor:
             marks = self._marks(plan, notice)
             if marks is not None:
                 # Marks first: every request ahead of the taint is time the scheduler can still place pods here.
-                changed = await self._writer.mark(node, marks)
+                self._marking += 1
+                self._marked.clear()
+                try:
+                    changed = await self._writer.mark(node, marks)
+                finally:
+                    self._marking -= 1
+                    if self._marking == 0:
+                        self._marked.set()
                 metrics.RECEIPT_TO_TAINT.observe(asyncio.get_running_loop().time() - received_loop_time)
                 log.info("node marked" if changed else "node already marked", extra={"steps": plan.step_names})
             async with _beside() as group:
                 # Events are for people: the drain does not wait for them (they queue last for the rate limit).
                 if plan.find(plans.Announce):
-                    group.create_task(self._events.node_event(node, "InterruptionNotice", _describe(notice, plan)))
+                    group.create_task(self._announce(node, "InterruptionNotice", _describe(notice, plan)))
                 if plan.drains:
                     report = await self._drain_once(node, plan, hook, log)
         if isinstance(complete, plans.CompleteLifecycle) and self._lifecycle is not None:
@@ -144,6 +158,7 @@ class Actor:
     ) -> DrainReport:
         deadline = clock.loop_deadline(plan.deadline)
         loop = asyncio.get_running_loop()
+        await self._after_marks()
         async with self._drain_slots.hold(deadline):
             started = loop.time()
             metrics.DRAINS_IN_FLIGHT.inc()
@@ -181,6 +196,16 @@ class Actor:
         fresh = self._index.by_name(node.name) or node
         await self._writer.mark(fresh, Marks(overwrite_annotations={f"{self._config.prefix}/drain": state}))
         return report
+
+    async def _after_marks(self) -> None:
+        """Wait (bounded) until no node is being marked: see MARKS_FIRST_SECONDS."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(MARKS_FIRST_SECONDS):
+                await self._marked.wait()
+
+    async def _announce(self, node: NodeRef, reason: str, message: str) -> None:
+        await self._after_marks()
+        await self._events.node_event(node, reason, message)
 
     async def _heartbeats(self, hook: LifecycleHook, log: logs.Context) -> None:
         lifecycle = self._lifecycle

@@ -53,7 +53,11 @@ def patch_for(node: JSON, marks: Marks) -> JSON | None:
         new_annotations[marks.owner_key] = ",".join(sorted(before | set(owned)))
     if not (added or new_labels or new_annotations or cordon):
         return None
-    patch: JSON = {"metadata": {"resourceVersion": meta.get("resourceVersion", "")}}
+    # The resourceVersion makes a concurrent writer's change a 409 instead of a lost taint (the taint list is
+    # replaced whole) or a second "first notice" on record. Overwriting spotq's own drain state needs neither,
+    # and without it the state written after a drain cannot conflict with the node's other updates meanwhile.
+    only_overwrites = not (added or new_labels or cordon) and set(new_annotations) <= set(marks.overwrite_annotations)
+    patch: JSON = {"metadata": {} if only_overwrites else {"resourceVersion": meta.get("resourceVersion", "")}}
     if new_labels:
         patch["metadata"]["labels"] = new_labels
     if new_annotations:

@@ -138,3 +138,32 @@ async def test_heartbeats_while_a_hooked_node_drains() -> None:
     await act(actor, LifecycleTerminate(event_id="c", event_time=NOW, instance_ids=(INSTANCE,), hook=HOOK))
     assert lifecycle.calls.count(("heartbeat", "tok")) >= 2
     assert lifecycle.calls[-1] == ("complete", "tok")
+
+
+async def test_in_a_wave_drains_wait_until_every_node_is_marked() -> None:
+    NOW = datetime.now(UTC)  # noqa: N806
+    pods = FakePods(delete_delay_seconds=0.0)
+    pods.add("n1", "web-0")
+    actor, writer, _, _ = make_actor(pods)
+    other_mark_done = asyncio.Event()
+    original = writer.mark
+
+    async def mark(node: NodeRef, marks: Marks) -> bool:
+        if node.name == "n2":
+            await other_mark_done.wait()  # another node's taint still on its way
+        return await original(node, marks)
+
+    writer.mark = mark  # type: ignore[method-assign]
+    spot = SpotInterruption(
+        event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120)
+    )
+    plan = planning.plan(spot, POLICY, NOW)
+    other = node_ref({**NODE_JSON, "metadata": {**NODE_JSON["metadata"], "name": "n2"}}, selectors.parse(""))
+    loop = asyncio.get_running_loop()
+    marking_other = asyncio.create_task(actor.act(plan, spot, other, loop.time(), logs.get("test")))
+    draining_n1 = asyncio.create_task(act(actor, spot))
+    await asyncio.sleep(0.05)
+    assert [verb for verb, _, _ in pods.calls] == []  # n1 is marked, but its drain waits for n2's taint
+    other_mark_done.set()
+    await asyncio.gather(marking_other, draining_n1)
+    assert [verb for verb, _, _ in pods.calls][:1] == ["list"]

@@ -94,3 +94,12 @@ def test_release_undoes_only_what_spotq_set() -> None:
     patch = release_patch(operator_cordon, "spotq.io")
     assert patch is not None and "unschedulable" not in patch["spec"]
     assert release_patch(node(), "spotq.io") is None
+
+
+def test_the_drain_state_is_written_without_a_resource_version_so_it_cannot_conflict() -> None:
+    node = {
+        "metadata": {"name": "n1", "resourceVersion": "7", "annotations": {"spotq.io/drain": "started"}},
+        "spec": {},
+    }
+    patch = patch_for(node, Marks(overwrite_annotations={"spotq.io/drain": "finished"}))
+    assert patch == {"metadata": {"annotations": {"spotq.io/drain": "finished"}}}

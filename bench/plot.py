@@ -1,0 +1,92 @@
+"""Timeline PNG of one scale: nodes over time by state (the wave moving through the cluster), spotq above,
+`kubectl drain` x10 below on the same time axis, with replacement pods Ready on the remaining nodes.
+
+    python -m bench.plot bench/results/200x20.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+STATES = ("queued", "received", "tainted+cordoned", "drained")
+COLOURS = ("#d9d9d9", "#fdae61", "#d7191c", "#1a9641")
+
+
+def _counts(rows: list[dict[str, Any]], start: float, grid: list[float]) -> list[list[int]]:
+    """For each state, how many nodes are in it at each grid time (a node is in its latest reached state)."""
+    series = [[0] * len(grid) for _ in STATES]
+    for row in rows:
+        marks = [row.get("enqueued"), row.get("received"), row.get("marked"), row.get("drained")]
+        offsets = [None if m is None else m - start for m in marks]
+        for i, t in enumerate(grid):
+            state = -1
+            for s, offset in enumerate(offsets):
+                if offset is not None and offset <= t:
+                    state = s
+            if state >= 0:
+                series[state][i] += 1
+    return series
+
+
+def timeline(result: dict[str, Any], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    phases = [(name, result[name]) for name in ("spotq", "kubectl") if result.get(name) and result[name].get("rows")]
+    if not phases:
+        raise ValueError("no phase with per-node rows in this result")
+    end = 0.0
+    for _, phase in phases:
+        start = min(r["enqueued"] for r in phase["rows"])
+        times = [r[k] - start for r in phase["rows"] for k in ("drained", "marked") if r.get(k) is not None]
+        end = max(end, max(times, default=0.0), phase.get("capacity_restored_seconds") or 0.0)
+    end = min(end * 1.05 + 1, 3600)
+    steps = 600
+    grid = [end * i / steps for i in range(steps + 1)]
+    fig, axes = plt.subplots(len(phases), 1, figsize=(11, 3.6 * len(phases)), sharex=True, squeeze=False)
+    for ax, (name, phase) in zip(axes[:, 0], phases, strict=True):
+        rows = phase["rows"]
+        start = min(r["enqueued"] for r in rows)
+        series = _counts(rows, start, grid)
+        labels = list(STATES) if name == "spotq" else ["waiting for a worker", "kubectl started", "cordoned", "drained"]
+        ax.stackplot(grid, series, labels=labels, colors=COLOURS, alpha=0.9)
+        ax.axvline(120, color="black", linestyle="--", linewidth=1)
+        ax.text(121, len(rows) * 0.97, "event + 120 s", fontsize=8, va="top")
+        ax.set_ylabel("nodes")
+        ax.set_ylim(0, len(rows))
+        title = "spotq" if name == "spotq" else "kubectl drain x10 (NTH defaults)"
+        all_drained = phase.get("all_drained_seconds") or phase.get("projected_all_drained_seconds")
+        ax.set_title(f"{title}: {len(rows)} nodes x {result['pods_per_node']} pods — all drained "
+                     f"{'-' if all_drained is None else f'{all_drained:.0f} s'}", fontsize=10)  # fmt: skip
+        capacity = (phase.get("timeline") or {}).get("capacity") or []
+        if capacity:
+            twin = ax.twinx()
+            wanted = result["nodes"] * result["pods_per_node"]
+            twin.step([t for t, _ in capacity], [100 * c / wanted for _, c in capacity], where="post",
+                      color="#2c7bb6", linewidth=1.2, label="workload pods Ready on remaining nodes")  # fmt: skip
+            twin.set_ylabel("% of pods Ready elsewhere", color="#2c7bb6")
+            twin.set_ylim(0, 105)
+            twin.legend(loc="center right", fontsize=8)
+        ax.legend(loc="upper left", fontsize=8, ncol=4)
+    axes[-1, 0].set_xlabel("seconds after the warnings were sent")
+    axes[-1, 0].set_xlim(0, end)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    for name in argv:
+        path = Path(name)
+        print(timeline(json.loads(path.read_text()), path.with_suffix(".png")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

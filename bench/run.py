@@ -694,7 +694,7 @@ def _sqs(scale: dict[str, Any]) -> str:
 
 def saved_results(out: Path) -> list[dict[str, Any]]:
     """Every scale's latest JSON in `out`, smallest first, so the table shows what is there."""
-    found = [json.loads(p.read_text()) for p in out.glob("*x*.json")]
+    found = [json.loads(p.read_text()) for p in out.glob("[0-9]*x[0-9]*.json")]
     return sorted(found, key=lambda r: (r["nodes"] * r["pods_per_node"], r["nodes"]))
 
 
@@ -759,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
         index = index_rss(args, workroot) if args.index_nodes else None
         if index:
             (args.out / "index-rss.json").write_text(json.dumps(index, indent=1))
+        elif (args.out / "index-rss.json").exists():
+            index = json.loads((args.out / "index-rss.json").read_text())
         summary = table(saved_results(args.out), index, host)
         print("\n" + summary)
         (args.out / "summary.md").write_text(summary + "\n")

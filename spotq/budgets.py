@@ -143,12 +143,12 @@ class Budgets:
             future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             heapq.heappush(budget.waiters, (order, next(self._order), future))
             try:
+                # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as the
+                # future completes, and a drain past its deadline would then never end.
                 while not future.done():
-                    try:
-                        counted = await asyncio.wait_for(asyncio.shield(future), patience)
-                    except TimeoutError:
-                        if _now() - budget.progress >= patience:
-                            break  # a lost watch event? Try anyway: the API server has the last word.
+                    await asyncio.wait([future], timeout=patience)
+                    if not future.done() and _now() - budget.progress >= patience:
+                        break  # a lost watch event? Try anyway: the API server has the last word.
             except asyncio.CancelledError:
                 self._forget(budget, future)
                 if future.done() and future.result():

@@ -156,3 +156,24 @@ async def test_a_wave_of_taints_borrows_one_burst_ahead() -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.2):
             await bucket.acquire(Priority.WORK)  # the debt is repaid before other work goes on
+
+
+async def test_a_drain_cancelled_as_its_turn_comes_is_still_cancelled() -> None:
+    budgets = Budgets()
+    budgets.active = True
+    budgets.update(pdb("web", 0))
+    entered: list[str] = []
+
+    async def evict() -> None:
+        async with budgets.turn(("app", "web"), (1.0, 0), patience=5):
+            entered.append("evict")
+
+    task = asyncio.create_task(evict())
+    await asyncio.sleep(0.01)
+    budgets.update(pdb("web", 1))  # the turn is granted ...
+    task.cancel()  # ... in the same instant the drain's deadline cancels it
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert entered == []
+    async with asyncio.timeout(1), budgets.turn(("app", "web"), (1.0, 1), patience=5):
+        pass  # the room went to the next pod

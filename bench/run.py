@@ -34,7 +34,7 @@ from typing import Any
 
 from bench import procstat, profiling, sqs_endpoint, world
 from bench.audit import AuditLog
-from bench.contenders import KUBECTL_WORKERS, EvictionCeiling, KubectlDrains
+from bench.contenders import KUBECTL_WORKERS, EvictionCeiling, KubectlDrains, MarkCeiling
 from bench.observing import Observer
 from bench.sqs_endpoint import SqsEndpoint
 from bench.world import Layout, Scale, Workload
@@ -371,6 +371,7 @@ class Bench:
         capacity = snap["capacity"]
         first_replacement = next((t for t, c in capacity if c > 0), None)
         cpu = {name: _round(sampler.cpu_used(name), 1) for name in sampler.pids}
+        marked = [r["marked"] for r in rows if r["marked"] is not None]
         return {
             "nodes": len(rows),
             "marked": sum(1 for r in rows if r["marked"] is not None),
@@ -380,6 +381,8 @@ class Bench:
             "received_to_marked": stats(since("marked", "received")),
             "enqueued_to_marked": stats(since("marked")),
             "enqueued_to_drained": stats(since("drained")),
+            # First warning sent → last node tainted+cordoned: nodes per second, against the minimal client's.
+            "mark_rate_per_second": _round(len(marked) / (max(marked) - start), 1) if marked else None,
             "all_drained_seconds": _round(all_drained),
             "drained_within_120s_of_event": within,
             "drained_within_60s_of_event": within_60,
@@ -479,7 +482,14 @@ class Bench:
             self.cluster.server_url, self.cluster.pki.ca_cert, token.group(1), world.NAMESPACE,
             lanes=self.args.ceiling_lanes, time_limit=120,
         )  # fmt: skip
-        self.layout.cordon(half_client, True)  # as any drain would: replacements must land elsewhere
+        # Taint+cordon as any drain would (replacements must land elsewhere), by a minimal client at full speed.
+        marker = MarkCeiling(
+            self.cluster.server_url, self.cluster.pki.ca_cert, token.group(1), world.SPOT_TAINT,
+            in_flight=self.args.mark_ceiling_in_flight,
+        )  # fmt: skip
+        marker.run(half_client)
+        say(f"  mark ceiling: {marker.done}/{len(half_client)} nodes tainted+cordoned in {marker.seconds:.2f}s "
+            f"({marker.rate or 0:.0f}/s, {marker.in_flight} in flight, {marker.errors} errors)")  # fmt: skip
         self.audit.mark()
         client.run(pods)
         time.sleep(2.5)
@@ -493,6 +503,14 @@ class Bench:
         share = (spotq["eviction_rate_per_second"] or 0) / ceiling if ceiling else None
         spotq.pop("rows", None)
         return {
+            "marks": {
+                "nodes": len(half_client),
+                "done": marker.done,
+                "errors": marker.errors,
+                "in_flight": marker.in_flight,
+                "seconds": round(marker.seconds, 2),
+                "rate_per_second": _round(marker.rate, 1),
+            },
             "client": {
                 "pods": len(pods),
                 "accepted": client.accepted,
@@ -640,6 +658,10 @@ def table(results: list[dict[str, Any]], index: dict[str, Any] | None, host: dic
          lambda s: f"{cell(s, 'kubectl.drained_within_120s_of_event')} of {s['nodes']}"),
         ("kubectl drain x10: API requests per evicted pod", lambda s: cell(s, "kubectl.requests_per_evicted_pod")),
         ("spotq faster than kubectl x10 (all drained)", lambda s: cell(s, "ratio_vs_kubectl", "{:.1f}x")),
+        ("nodes drained within 120 s of event: spotq / kubectl x10", lambda s: _within_ratio(s)),
+        ("taint+cordon ceiling (minimal client), nodes/s", lambda s: cell(s, "ceiling.marks.rate_per_second")),
+        ("spotq taint+cordon rate (first warning sent → last node marked), nodes/s",
+         lambda s: cell(s, "spotq.mark_rate_per_second")),
         ("eviction ceiling (minimal client), evictions/s", lambda s: cell(s, "ceiling.client.rate_per_second")),
         ("spotq eviction rate, evictions/s (share of ceiling)",
          lambda s: f"{cell(s, 'ceiling.spotq.eviction_rate_per_second')} ({cell(s, 'ceiling.spotq_share', '{:.0%}')})"),
@@ -658,6 +680,14 @@ def table(results: list[dict[str, Any]], index: dict[str, Any] | None, host: dic
         f"\nMachine: {host['nproc']} cores ({host['cpu_model']}), {host['memory_gib']} GiB, Python {host['python']}."
     )
     return "\n".join(lines)
+
+
+def _within_ratio(scale: dict[str, Any]) -> str:
+    spotq = (scale.get("spotq") or {}).get("drained_within_120s_of_event")
+    kubectl = (scale.get("kubectl") or {}).get("drained_within_120s_of_event")
+    if spotq is None or not kubectl:
+        return "-"
+    return f"{spotq / kubectl:.1f}x"
 
 
 def _ready_at(scale: dict[str, Any], seconds: float) -> str:
@@ -723,6 +753,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kubectl-limit", type=float, default=900.0, help="start no kubectl drain after this, s")
     parser.add_argument("--no-ceiling", dest="ceiling", action="store_false")
     parser.add_argument("--ceiling-lanes", type=int, default=4, help="ceiling client: evictions in flight per PDB")
+    parser.add_argument(
+        "--mark-ceiling-in-flight", type=int, default=64, help="taint+cordon ceiling client: PATCHes in flight"
+    )
     parser.add_argument("--no-profile", dest="profile", action="store_false")
     parser.add_argument("--index-nodes", type=int, default=5000, help="nodes for the RSS measurement (0: skip)")
     parser.add_argument("--phase-timeout", type=float, default=300.0, help="longest wait for one spotq phase, s")

@@ -22,6 +22,9 @@ from spotq.slots import DeadlineSlots
 # In a wave of notices, taints go out before any drain or Event asks the API server for anything (each such
 # request slows the taints still on their way); for at most this long, so a steady stream cannot hold drains back.
 MARKS_FIRST_SECONDS = 5.0
+# A drain that starts at once is announced by the notice's Event alone (one Event a node fewer in a wave of
+# hundreds); one that queued this long for a slot (drain.max_concurrent_nodes) gets a DrainStarted Event too.
+SLOT_WAIT_EVENT_SECONDS = 1.0
 
 
 class NodeWriter(Protocol):
@@ -159,13 +162,17 @@ class Actor:
         deadline = clock.loop_deadline(plan.deadline)
         loop = asyncio.get_running_loop()
         await self._after_marks()
+        asked = loop.time()
         async with self._drain_slots.hold(deadline):
             started = loop.time()
             metrics.DRAINS_IN_FLIGHT.inc()
             try:
                 async with _beside() as group:
-                    started_event = f"draining until {plan.deadline.isoformat()}"
-                    group.create_task(self._events.node_event(node, "DrainStarted", started_event))
+                    if started - asked >= SLOT_WAIT_EVENT_SECONDS:
+                        # The notice's Event already said "drain"; this one only when the drain had to queue.
+                        until = plan.deadline.isoformat()
+                        waited = f"waited {started - asked:.0f}s for a drain slot; draining until {until}"
+                        group.create_task(self._events.node_event(node, "DrainStarted", waited))
                     beats = group.create_task(self._heartbeats(hook, log)) if hook else None
                     report = await draining.drain(
                         node.name, deadline, self._pods, self._config.drain, self._evictions, self._budgets

@@ -64,8 +64,9 @@ class Core:
 
 async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: acting.LifecycleApi | None) -> Core:
     selector = selectors.parse(settings.kube.node_selector)
-    # Each drain holds one pod watch; ordinary requests need room beside them.
-    kube = await KubeClient.connect(settings.kube, max_connections=settings.drain.max_concurrent_nodes + 200)
+    # Each drain holds one pod watch; ordinary requests (at most max_in_flight) and the index watches beside them.
+    connections = settings.drain.max_concurrent_nodes + settings.kube.max_in_flight + 8
+    kube = await KubeClient.connect(settings.kube, max_connections=connections)
     stack.push_async_callback(kube.close)
     index = NodeIndex(selector, settings.kube.taint_prefix)
     budgets = Budgets()

@@ -9,11 +9,12 @@ backs off and retries; at the deadline the drain stops and names what blocked it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -66,10 +67,17 @@ class DrainOptions:
     protected: frozenset[str] = frozenset()  # namespace/name of pods never evicted (spotq's own)
 
 
+PodEvent = tuple[str, Pod | None, str]  # (watch event type, pod or None for bookmarks, resourceVersion)
+
+
 class PodApi(Protocol):
+    async def open_on_node(self, node: str) -> tuple[list[Pod], str, AsyncGenerator[PodEvent, None] | None]:
+        """The node's pods, their resourceVersion and, where one request gives both, the watch from there on."""
+        ...
+
     async def list_on_node(self, node: str) -> tuple[list[Pod], str]: ...
 
-    def watch_on_node(self, node: str, version: str) -> AsyncIterator[tuple[str, Pod | None, str]]:
+    def watch_on_node(self, node: str, version: str) -> AsyncGenerator[PodEvent, None]:
         """Yield (event type, pod or None for bookmarks, resourceVersion) until the server ends the watch."""
         ...
 
@@ -145,11 +153,14 @@ class _Watcher:
     def gone(self, uid: str) -> asyncio.Event:
         return self._gone.setdefault(uid, asyncio.Event())
 
-    async def run(self) -> None:
+    async def run(self, live: AsyncGenerator[PodEvent, None] | None = None) -> None:
+        """Follow `live` (the watch the pods came with) if given, then watches of our own until cancelled."""
         failures = 0
         while True:
+            stream = live if live is not None else self._api.watch_on_node(self._node, self._version)
+            live = None
             try:
-                async for event_type, pod, version in self._api.watch_on_node(self._node, self._version):
+                async for event_type, pod, version in stream:
                     failures = 0
                     self._version = version or self._version
                     if event_type == "DELETED" and pod is not None:
@@ -186,7 +197,7 @@ async def drain(
     """Evict every pod that should go and wait until they are gone, or until `deadline` (loop time)."""
     report = DrainReport(node)
     order = (deadline, next(_DRAINS))
-    pods, version = await api.list_on_node(node)
+    pods, version, live = await api.open_on_node(node)
     selection = select(pods, options)
     report.skipped = [pod.key for pod in selection.skipped]
     report.blocked.update({pod.key: reason for pod, reason in selection.refused})
@@ -214,7 +225,7 @@ async def drain(
     try:
         async with asyncio.timeout_at(deadline):
             async with asyncio.TaskGroup() as group:
-                watch_task = group.create_task(watcher.run())
+                watch_task = group.create_task(watcher.run(live))
                 removals = [group.create_task(remove(pod)) for pod in (*selection.evict, *selection.wait_only)]
                 if removals:
                     await asyncio.wait(removals)
@@ -224,6 +235,10 @@ async def drain(
     finally:
         if watch_task is not None:
             watch_task.cancel()
+        if live is not None:
+            # Closed already if the watch task ran; if it never did, this ends the request.
+            with contextlib.suppress(Exception):
+                await live.aclose()
     report.blocked.update(pending)
     return report
 

@@ -74,6 +74,13 @@ class KubeSettings(_Group):
         200.0, gt=0, description="Client-side request rate to the API server, req/s (client-go's 5 lost taints)."
     )
     burst: int = Field(400, ge=1, description="Requests allowed above qps in a burst.")
+    max_in_flight: int = Field(
+        128,
+        ge=1,
+        description="Requests (not watches) in flight at once, one connection each; more wait in spotq, most urgent "
+        "first, rather than in the API server's fairness queues, which turn the excess away (429) in a mass "
+        "interruption.",
+    )
     request_timeout_seconds: float = Field(15.0, gt=0, description="Timeout for one non-watch API request, s.")
     node_selector: str = Field(
         "", description="Label selector of nodes spotq may act on, e.g. 'lifecycle=Ec2Spot'; empty: all nodes."

@@ -1,4 +1,5 @@
-"""A counting semaphore that serves waiters earliest-deadline-first, not first-come."""
+"""A counting semaphore that serves waiters lowest key first (earliest deadline, most urgent priority), in
+arrival order among equal keys."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field, replace
 
 from spotq.draining import Pod
@@ -34,10 +34,24 @@ class FakePods:
         self.calls.append(("list", node, None))
         return [pod for n, pod, _ in self.pods.values() if n == node], str(self._version)
 
-    async def watch_on_node(self, node: str, version: str) -> AsyncIterator[tuple[str, Pod | None, str]]:
+    async def open_on_node(self, node: str) -> tuple[list[Pod], str, AsyncGenerator[tuple[str, Pod | None, str], None]]:
+        """Like watch-list: the pods and, in the same call, a watch from that version on."""
+        self.calls.append(("list", node, None))
+        pods = [pod for n, pod, _ in self.pods.values() if n == node]
+        return pods, str(self._version), self._follow(node)
+
+    def watch_on_node(self, node: str, version: str) -> AsyncGenerator[tuple[str, Pod | None, str], None]:
         self.calls.append(("watch", node, None))
+        return self._follow(node)
+
+    def _follow(self, node: str) -> AsyncGenerator[tuple[str, Pod | None, str], None]:
         queue: asyncio.Queue[tuple[str, Pod | None, str]] = asyncio.Queue()
-        self._watchers.setdefault(node, []).append(queue)
+        self._watchers.setdefault(node, []).append(queue)  # registered now: nothing is missed before iterating
+        return self._drain_queue(node, queue)
+
+    async def _drain_queue(
+        self, node: str, queue: asyncio.Queue[tuple[str, Pod | None, str]]
+    ) -> AsyncGenerator[tuple[str, Pod | None, str], None]:
         try:
             while True:
                 yield await queue.get()

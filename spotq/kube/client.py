@@ -12,7 +12,7 @@ import json
 import os
 import random
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -24,6 +24,7 @@ from spotq.errors import ApiError, ConfigError, TransientError
 from spotq.observability import metrics
 from spotq.ratelimit import Priority, TokenBucket
 from spotq.settings import KubeSettings
+from spotq.slots import DeadlineSlots
 
 JSON = dict[str, Any]
 
@@ -43,6 +44,8 @@ class KubeClient:
         )
         self._proxy = _proxy_for(self._host, api.configuration.proxy)
         self._bucket = TokenBucket(settings.qps, settings.burst)
+        # Lower key first: a taint waiting for a connection goes before evictions and Events waiting too.
+        self._in_flight = DeadlineSlots(settings.max_in_flight)
         self._timeout = aiohttp.ClientTimeout(total=settings.request_timeout_seconds)
 
     @classmethod
@@ -113,7 +116,13 @@ class KubeClient:
         operation: str,
         priority: Priority,
     ) -> JSON:
-        await self._bucket.acquire(priority)
+        async with self._in_flight.hold(float(priority)):
+            await self._bucket.acquire(priority)
+            return await self._exchange(method, path, query, data, content_type, operation)
+
+    async def _exchange(
+        self, method: str, path: str, query: dict[str, str] | None, data: str | None, content_type: str, operation: str
+    ) -> JSON:
         metrics.KUBE_REQUESTS.labels(operation=operation).inc()
         try:
             async with self._session.request(
@@ -134,7 +143,7 @@ class KubeClient:
             metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()
             raise TransientError(f"{operation}: {type(exc).__name__}: {exc}") from exc
 
-    async def watch(self, path: str, query: dict[str, str], *, operation: str) -> AsyncIterator[JSON]:
+    async def watch(self, path: str, query: dict[str, str], *, operation: str) -> AsyncGenerator[JSON, None]:
         """Yield watch events ({type, object}) until the server ends the watch."""
         await self._bucket.acquire()
         metrics.KUBE_REQUESTS.labels(operation=operation).inc()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from spotq.draining import Pod
 from spotq.errors import ApiError
 from spotq.kube.client import JSON, KubeClient
+
+log = logging.getLogger(__name__)
 
 _MIRROR = "kubernetes.io/config.mirror"
 
@@ -31,9 +34,48 @@ def pod_from(obj: JSON) -> Pod:
     )
 
 
+_INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+# A server without watch-list (WatchList gate off, as on 1.33, or before 1.27) rejects sendInitialEvents.
+_WATCH_LIST_REFUSED = frozenset({400, 403, 422})
+
+Event = tuple[str, Pod | None, str]
+
+
 class PodClient:
-    def __init__(self, client: KubeClient) -> None:
+    def __init__(self, client: KubeClient, *, watch_list: bool = True) -> None:
         self._client = client
+        self._watch_list = watch_list
+
+    async def open_on_node(self, node: str) -> tuple[list[Pod], str, AsyncGenerator[Event, None] | None]:
+        """The node's pods and a watch from that moment on, in one request where the server streams the initial
+        state (watch-list, Kubernetes 1.34+); else a list, and the caller starts the watch (None)."""
+        if self._watch_list:
+            query = {
+                "fieldSelector": f"spec.nodeName={node}",
+                "sendInitialEvents": "true",
+                "resourceVersionMatch": "NotOlderThan",
+                "timeoutSeconds": "240",
+            }
+            stream = self._client.watch("/api/v1/pods", query, operation="watch_list_pods")
+            pods: list[Pod] = []
+            try:
+                async for event in stream:
+                    kind, obj = str(event.get("type")), event.get("object") or {}
+                    if kind == "ERROR":
+                        raise _error(obj)
+                    if kind == "ADDED":
+                        pods.append(pod_from(obj))
+                    elif kind == "BOOKMARK" and _initial_events_end(obj):
+                        return pods, _version_of(obj), _events(stream)
+            except ApiError as exc:
+                if exc.status not in _WATCH_LIST_REFUSED:
+                    await stream.aclose()
+                    raise
+                self._watch_list = False
+                log.info("the API server refuses watch-list; listing pods instead", extra={"status": exc.status})
+            await stream.aclose()
+        pods, version = await self.list_on_node(node)
+        return pods, version, None
 
     async def list_on_node(self, node: str) -> tuple[list[Pod], str]:
         page = await self._client.request(
@@ -42,15 +84,9 @@ class PodClient:
         pods = [pod_from(item) for item in page.get("items", [])]
         return pods, str((page.get("metadata") or {}).get("resourceVersion", ""))
 
-    async def watch_on_node(self, node: str, version: str) -> AsyncIterator[tuple[str, Pod | None, str]]:
+    def watch_on_node(self, node: str, version: str) -> AsyncGenerator[Event, None]:
         query = {"fieldSelector": f"spec.nodeName={node}", "resourceVersion": version, "timeoutSeconds": "240"}
-        async for event in self._client.watch("/api/v1/pods", query, operation="watch_pods"):
-            kind = str(event.get("type"))
-            obj: dict[str, Any] = event.get("object") or {}
-            if kind == "ERROR":
-                raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), str(obj.get("message", "")))
-            rv = str((obj.get("metadata") or {}).get("resourceVersion", ""))
-            yield kind, (None if kind == "BOOKMARK" else pod_from(obj)), rv
+        return _events(self._client.watch("/api/v1/pods", query, operation="watch_pods"))
 
     async def evict(self, pod: Pod, grace_seconds: int | None) -> None:
         await self._client.request(
@@ -72,6 +108,31 @@ class PodClient:
             body={"apiVersion": "v1", "kind": "DeleteOptions", **_delete_options(pod, grace_seconds)},
             operation="delete_pod",
         )
+
+
+async def _events(stream: AsyncGenerator[JSON, None]) -> AsyncGenerator[Event, None]:
+    """Watch events as (type, pod or None for bookmarks, resourceVersion); an ERROR event raises."""
+    try:
+        async for event in stream:
+            kind = str(event.get("type"))
+            obj: dict[str, Any] = event.get("object") or {}
+            if kind == "ERROR":
+                raise _error(obj)
+            yield kind, (None if kind == "BOOKMARK" else pod_from(obj)), _version_of(obj)
+    finally:
+        await stream.aclose()
+
+
+def _error(obj: JSON) -> ApiError:
+    return ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), str(obj.get("message", "")))
+
+
+def _version_of(obj: JSON) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion", ""))
+
+
+def _initial_events_end(obj: JSON) -> bool:
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(_INITIAL_EVENTS_END) == "true"
 
 
 def _delete_options(pod: Pod, grace_seconds: int | None) -> dict[str, Any]:

@@ -66,7 +66,9 @@ class FakeLifecycle:
         self.calls.append(("heartbeat", hook.token))
 
 
-def make_actor(pods: FakePods, heartbeat: float = 60.0) -> tuple[acting.Actor, FakeWriter, FakeEvents, FakeLifecycle]:
+def make_actor(
+    pods: FakePods, heartbeat: float = 60.0, slots: int = 10
+) -> tuple[acting.Actor, FakeWriter, FakeEvents, FakeLifecycle]:
     index = NodeIndex(selectors.parse(""))
     index.apply(NODE_JSON)
     writer, events, lifecycle = FakeWriter(), FakeEvents(), FakeLifecycle()
@@ -77,7 +79,7 @@ def make_actor(pods: FakePods, heartbeat: float = 60.0) -> tuple[acting.Actor, F
         lifecycle=lifecycle,
         index=index,
         config=acting.ActorConfig("spotq.io", DrainOptions(retry_initial_seconds=0.02), heartbeat),
-        drain_slots=DeadlineSlots(10),
+        drain_slots=DeadlineSlots(slots),
         evictions=asyncio.Semaphore(10),
     )
     return actor, writer, events, lifecycle
@@ -107,7 +109,9 @@ async def test_three_notices_for_one_node_share_one_drain_and_marks_once() -> No
     await asyncio.gather(act(actor, spot), act(actor, change), act(actor, hook))
     assert [verb for verb, _, _ in pods.calls].count("list") == 1  # one drain
     assert len([c for c in pods.calls if c[0] == "evict"]) == 3
-    assert events.reasons.count("DrainStarted") == 1 and events.reasons.count("DrainFinished") == 1
+    # The notice's Event announces the drain; no DrainStarted when no slot had to be waited for.
+    assert events.reasons.count("DrainStarted") == 0 and events.reasons.count("DrainFinished") == 1
+    assert events.reasons.count("InterruptionNotice") >= 1
     assert writer.node["spec"]["unschedulable"] is True
     assert {t["key"] for t in writer.node["spec"]["taints"]} == {
         "spotq.io/spot-interruption",
@@ -116,6 +120,29 @@ async def test_three_notices_for_one_node_share_one_drain_and_marks_once() -> No
     }
     assert writer.node["metadata"]["annotations"]["spotq.io/drain"] == "finished"
     assert lifecycle.calls == [("complete", "tok")]  # after the shared drain
+
+
+async def test_a_drain_that_queued_for_a_slot_gets_its_own_started_event() -> None:
+    NOW = datetime.now(UTC)  # noqa: N806 - per test: a module-level clock goes stale in a long session
+    pods = FakePods()
+    pods.add("n1", "web-0")
+    actor, _, events, _ = make_actor(pods, slots=1)
+    released = asyncio.Event()
+
+    async def occupy() -> None:
+        async with actor._drain_slots.hold(asyncio.get_running_loop().time() + 600):
+            await asyncio.sleep(acting.SLOT_WAIT_EVENT_SECONDS + 0.1)
+        released.set()
+
+    holder = asyncio.create_task(occupy())
+    await asyncio.sleep(0)
+    spot = SpotInterruption(
+        event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120)
+    )
+    await act(actor, spot)
+    await holder
+    assert released.is_set()
+    assert events.reasons.count("DrainStarted") == 1 and events.reasons.count("DrainFinished") == 1
 
 
 async def test_a_repeated_notice_changes_nothing() -> None:

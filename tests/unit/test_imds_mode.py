@@ -352,4 +352,4 @@ async def test_with_the_real_actor_marks_and_drain_happen_once() -> None:
     assert [t["key"] for t in node["spec"]["taints"]] == ["spotq.io/spot-interruption"]
     assert node["metadata"]["annotations"]["spotq.io/drain"] == "finished"
     assert pods.evictions_of("a") == [None] and pods.evictions_of("b") == [None]
-    assert events.reasons.count("DrainStarted") == 1
+    assert events.reasons.count("InterruptionNotice") == 1 and events.reasons.count("DrainFinished") == 1

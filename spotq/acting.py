@@ -22,9 +22,9 @@ from spotq.slots import DeadlineSlots
 # In a wave of notices, taints go out before any drain or Event asks the API server for anything (each such
 # request slows the taints still on their way); for at most this long, so a steady stream cannot hold drains back.
 MARKS_FIRST_SECONDS = 5.0
-# A drain that starts at once is announced by the notice's Event alone (one Event a node fewer in a wave of
-# hundreds); one that queued this long for a slot (drain.max_concurrent_nodes) gets a DrainStarted Event too.
-SLOT_WAIT_EVENT_SECONDS = 1.0
+# Two Events a node, the notice and the drain's end (not three: in a wave of hundreds each one is an API request);
+# the end names a wait for a drain slot (drain.max_concurrent_nodes) from this long on.
+SLOT_WAIT_REPORT_SECONDS = 1.0
 
 
 class NodeWriter(Protocol):
@@ -168,11 +168,6 @@ class Actor:
             metrics.DRAINS_IN_FLIGHT.inc()
             try:
                 async with _beside() as group:
-                    if started - asked >= SLOT_WAIT_EVENT_SECONDS:
-                        # The notice's Event already said "drain"; this one only when the drain had to queue.
-                        until = plan.deadline.isoformat()
-                        waited = f"waited {started - asked:.0f}s for a drain slot; draining until {until}"
-                        group.create_task(self._events.node_event(node, "DrainStarted", waited))
                     beats = group.create_task(self._heartbeats(hook, log)) if hook else None
                     report = await draining.drain(
                         node.name, deadline, self._pods, self._config.drain, self._evictions, self._budgets
@@ -181,14 +176,21 @@ class Actor:
                         beats.cancel()
             finally:
                 metrics.DRAINS_IN_FLIGHT.dec()
-        duration = loop.time() - started
+        duration, queued = loop.time() - started, started - asked
         result = "complete" if report.complete else ("timed_out" if report.timed_out else "blocked")
         metrics.DRAIN_DURATION.labels(result=result).observe(duration)
-        fields = {"evicted": len(report.evicted), "blocked": len(report.blocked), "seconds": round(duration, 2)}
+        fields = {
+            "evicted": len(report.evicted),
+            "blocked": len(report.blocked),
+            "seconds": round(duration, 2),
+            "queued_seconds": round(queued, 2),
+        }
+        # The notice's Event announced the drain; this one closes it (and says if it had to queue for a slot).
+        waited = f" after waiting {queued:.0f}s for a drain slot" if queued >= SLOT_WAIT_REPORT_SECONDS else ""
         if report.complete:
             log.info("drain finished", extra=fields)
             await self._events.node_event(
-                node, "DrainFinished", f"evicted {len(report.evicted)} pods in {duration:.1f}s"
+                node, "DrainFinished", f"evicted {len(report.evicted)} pods in {duration:.1f}s{waited}"
             )
         else:
             blockers = "; ".join(f"{pod}: {why}" for pod, why in sorted(report.blocked.items()))
@@ -196,7 +198,7 @@ class Actor:
             await self._events.node_event(
                 node,
                 "DrainTimedOut" if report.timed_out else "DrainBlocked",
-                f"{len(report.blocked)} pods not drained: {blockers}",
+                f"{len(report.blocked)} pods not drained{waited}: {blockers}",
                 warning=True,
             )
         state = "finished" if report.complete else ("timed-out" if report.timed_out else "blocked")

@@ -8,6 +8,7 @@ Events (see ratelimit.Priority).
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import json
 import os
 import random
@@ -30,6 +31,16 @@ JSON = dict[str, Any]
 
 # Retries of a request that API Priority and Fairness turned away (429 with Retry-After, usually 1 s).
 _THROTTLE_RETRIES = 5
+# asyncio gives every TLS connection a zero-filled 256 KiB read buffer. A drain holds a pod watch (a connection)
+# for each of up to drain.max_concurrent_nodes nodes, so in a wave those buffers alone were ~150 MB of RSS. A TLS
+# record is at most 16 KiB: 64 KiB still reads four at a time.
+_TLS_READ_BUFFER = 64 * 1024
+
+
+def _shrink_tls_read_buffers() -> None:
+    current = getattr(asyncio.sslproto.SSLProtocol, "max_size", None)
+    if isinstance(current, int) and current > _TLS_READ_BUFFER:
+        asyncio.sslproto.SSLProtocol.max_size = _TLS_READ_BUFFER
 
 
 class KubeClient:
@@ -64,6 +75,7 @@ class KubeClient:
             raise ConfigError(f"invalid setting SPOTQ_KUBE__KUBECONFIG: cannot load Kubernetes config: {exc}") from None
         # Watches hold a connection each; leave room for them beside ordinary requests.
         configuration.connection_pool_maxsize = max_connections
+        _shrink_tls_read_buffers()
         return cls(k8s_client.ApiClient(configuration), settings)
 
     async def close(self) -> None:

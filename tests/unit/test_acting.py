@@ -50,9 +50,11 @@ class FakeWriter:
 @dataclass
 class FakeEvents:
     reasons: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
 
     async def node_event(self, node: NodeRef, reason: str, message: str, *, warning: bool = False) -> None:
         self.reasons.append(reason)
+        self.messages.append(message)
 
 
 @dataclass
@@ -109,8 +111,10 @@ async def test_three_notices_for_one_node_share_one_drain_and_marks_once() -> No
     await asyncio.gather(act(actor, spot), act(actor, change), act(actor, hook))
     assert [verb for verb, _, _ in pods.calls].count("list") == 1  # one drain
     assert len([c for c in pods.calls if c[0] == "evict"]) == 3
-    # The notice's Event announces the drain; no DrainStarted when no slot had to be waited for.
-    assert events.reasons.count("DrainStarted") == 0 and events.reasons.count("DrainFinished") == 1
+    # The notice's Event announces the drain, one more closes it.
+    assert events.reasons.count("DrainFinished") == 1 and len(events.reasons) == 1 + events.reasons.count(
+        "InterruptionNotice"
+    )
     assert events.reasons.count("InterruptionNotice") >= 1
     assert writer.node["spec"]["unschedulable"] is True
     assert {t["key"] for t in writer.node["spec"]["taints"]} == {
@@ -122,17 +126,15 @@ async def test_three_notices_for_one_node_share_one_drain_and_marks_once() -> No
     assert lifecycle.calls == [("complete", "tok")]  # after the shared drain
 
 
-async def test_a_drain_that_queued_for_a_slot_gets_its_own_started_event() -> None:
+async def test_a_drain_that_queued_for_a_slot_says_so_in_its_closing_event() -> None:
     NOW = datetime.now(UTC)  # noqa: N806 - per test: a module-level clock goes stale in a long session
     pods = FakePods()
     pods.add("n1", "web-0")
     actor, _, events, _ = make_actor(pods, slots=1)
-    released = asyncio.Event()
 
     async def occupy() -> None:
         async with actor._drain_slots.hold(asyncio.get_running_loop().time() + 600):
-            await asyncio.sleep(acting.SLOT_WAIT_EVENT_SECONDS + 0.1)
-        released.set()
+            await asyncio.sleep(acting.SLOT_WAIT_REPORT_SECONDS + 0.1)
 
     holder = asyncio.create_task(occupy())
     await asyncio.sleep(0)
@@ -141,8 +143,8 @@ async def test_a_drain_that_queued_for_a_slot_gets_its_own_started_event() -> No
     )
     await act(actor, spot)
     await holder
-    assert released.is_set()
-    assert events.reasons.count("DrainStarted") == 1 and events.reasons.count("DrainFinished") == 1
+    assert events.reasons == ["InterruptionNotice", "DrainFinished"]
+    assert "after waiting 1s for a drain slot" in events.messages[-1]
 
 
 async def test_a_repeated_notice_changes_nothing() -> None:

@@ -32,7 +32,7 @@ def py_spy() -> str | None:
 class Profile:
     """`py-spy record` on a pid until `stop()` (SIGINT makes py-spy write its output)."""
 
-    def __init__(self, pid: int, out: Path, *, rate: int = 50) -> None:
+    def __init__(self, pid: int, out: Path, *, rate: int = 50, duration: int = 3600) -> None:
         self.out = out
         self.process: subprocess.Popen[bytes] | None = None
         exe = py_spy()
@@ -41,7 +41,7 @@ class Profile:
         self.process = subprocess.Popen(
             [
                 *(exe, "record", "--pid", str(pid), "--rate", str(rate), "--nonblocking"),
-                *("--format", "raw", "--output", str(out), "--duration", "3600"),
+                *("--format", "raw", "--output", str(out), "--duration", str(duration)),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -43,6 +43,8 @@ from testenv.spotq import SpotqProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = ["50x10", "200x20", "1000x5"]
+# The profile of a wave's first seconds (receiving and marking), s.
+FIRST = 6
 
 
 def say(text: str) -> None:
@@ -231,7 +233,9 @@ class Bench:
         cluster, layout, endpoint = self.cluster, self.layout, self.endpoint
         queue_url = endpoint.create_queue(f"spotq-{phase}")
         log_path = self.workdir / f"spotq-{phase}.log"
-        spotq = SpotqProcess(spotq_env(endpoint, queue_url, self.kubeconfigs["spotq"]), log_path=log_path).start()
+        settings = dict(item.split("=", 1) for item in self.args.spotq_setting)
+        env = spotq_env(endpoint, queue_url, self.kubeconfigs["spotq"]) | settings
+        spotq = SpotqProcess(env, log_path=log_path).start()
         observer = self._observer(nodes, world.SPOT_TAINT)
         instance_of = {n.node_name: n.instance_id for n in layout.spot}
         pids = self._pids() | {"spotq": spotq.process.pid if spotq.process else 0}
@@ -240,6 +244,12 @@ class Bench:
         api_before = cluster.apiserver_request_total()
         self.audit.mark()
         prof = profiling.Profile(pids["spotq"], self.workdir / f"profile-{phase}.txt") if profile else None
+        # The wave's first seconds on their own: receiving and marking, before the drains.
+        first = (
+            profiling.Profile(pids["spotq"], self.workdir / f"profile-{phase}-first.txt", rate=100, duration=FIRST)
+            if profile
+            else None
+        )
         bodies = [sqs_endpoint.spot_warning(instance_of[name]) for name in nodes]
         event_time = math.floor(time.time())  # the bodies carry whole seconds
         start = time.time()
@@ -266,6 +276,9 @@ class Bench:
         wait_for(f"{phase} drains", finished, self.args.phase_timeout, progress)
         queue_empty = wait_queue_empty(endpoint, queue_url, timeout=60)
         profile_summary = prof.stop() if prof is not None else None
+        if first is not None and profile_summary is not None:
+            profile_summary["first_seconds"] = FIRST
+            profile_summary["first"] = first.stop()
         sampler.stop()
         after = metric_samples(spotq)
         memory = procstat.memory_mb(pids["spotq"])
@@ -757,6 +770,10 @@ def main(argv: list[str] | None = None) -> int:
         "--mark-ceiling-in-flight", type=int, default=64, help="taint+cordon ceiling client: PATCHes in flight"
     )
     parser.add_argument("--no-profile", dest="profile", action="store_false")
+    parser.add_argument(
+        "--spotq-setting", action="append", default=[], metavar="SPOTQ_GROUP__NAME=VALUE",
+        help="a spotq setting for the runs (repeatable), e.g. SPOTQ_QUEUE__RECEIVERS=8",
+    )  # fmt: skip
     parser.add_argument("--index-nodes", type=int, default=5000, help="nodes for the RSS measurement (0: skip)")
     parser.add_argument("--phase-timeout", type=float, default=300.0, help="longest wait for one spotq phase, s")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")

@@ -25,9 +25,9 @@ testenv-gomod:
 	bash testenv/gen-gomod.sh
 
 lint: venv
-	$(VENV)/bin/ruff check spotq testenv tests
-	$(VENV)/bin/ruff format --check spotq testenv tests
-	$(VENV)/bin/mypy spotq testenv
+	$(VENV)/bin/ruff check spotq testenv tests bench
+	$(VENV)/bin/ruff format --check spotq testenv tests bench
+	$(VENV)/bin/mypy spotq testenv bench
 
 test: venv testenv lint
 	$(PY) -m pytest -q

@@ -285,8 +285,11 @@ class Watcher:
                     task = group.create_task(self._handle(key, entry))
                     running.add(task)
                     task.add_done_callback(running.discard)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as the
+                # stop event fires, and this loop would poll on.
                 with suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), max(0.0, self._interval - (loop.time() - started)))
+                    async with asyncio.timeout(max(0.0, self._interval - (loop.time() - started))):
+                        await stop.wait()
             if running:
                 # The pod is going away; a restarted one will find the notice on IMDS again and resume.
                 log.info("stopping: abandoning running work", extra={"tasks": len(running)})

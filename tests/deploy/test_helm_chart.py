@@ -255,9 +255,9 @@ def test_cluster_role_grants_exactly_what_spotq_calls_and_never_deletes_pods_by_
     objects = helm.template(*mode)
     assert _rules(objects) == {
         "nodes": ["get", "list", "patch", "watch"],
-        "pods": ["get", "list", "watch"],
+        "pods": ["list", "watch"],
         "pods/eviction": ["create"],
-        "events": ["create", "patch"],
+        "events": ["create"],
         "policy/poddisruptionbudgets": ["list", "watch"],
     }
     scalars = _walk(one(objects, "ClusterRole")["rules"])
@@ -269,7 +269,7 @@ def test_cluster_role_grants_exactly_what_spotq_calls_and_never_deletes_pods_by_
 
 def test_force_delete_option_adds_pod_delete_and_sets_the_setting(helm: Helm) -> None:
     objects = helm.template(*QUEUE, "--set", "drain.forceDeleteBeforeDeadlineSeconds=30")
-    assert _rules(objects)["pods"] == ["delete", "get", "list", "watch"]
+    assert _rules(objects)["pods"] == ["delete", "list", "watch"]
     assert env_values(one(objects, "Deployment"))["SPOTQ_DRAIN__FORCE_DELETE_BEFORE_DEADLINE_SECONDS"] == "30"
 
 

@@ -114,16 +114,16 @@ ALLOWED = [
     ("list", "nodes", None),
     ("watch", "nodes", None),
     ("patch", "nodes", None),
-    ("get", "pods", "--all-namespaces"),
     ("list", "pods", "--all-namespaces"),
     ("watch", "pods", "--all-namespaces"),
     ("create", "pods", "--subresource=eviction --all-namespaces"),
     ("create", "events", "-n=default"),
-    ("patch", "events", "-n=default"),
     ("list", "poddisruptionbudgets.policy", "--all-namespaces"),
     ("watch", "poddisruptionbudgets.policy", "--all-namespaces"),
 ]
 REFUSED = [
+    ("get", "pods", "--all-namespaces"),
+    ("patch", "events", "-n=default"),
     ("delete", "nodes", None),
     ("update", "nodes", None),
     ("create", "nodes", None),

@@ -80,7 +80,21 @@ class KubectlDrains:
 
 
 @dataclass
-class EvictionCeiling:
+class _ApiClient:
+    """A bare client of the API server: a bearer token, the cluster's CA, `limit` connections kept alive."""
+
+    server_url: str
+    ca: Path
+    token: str
+
+    def _session(self, limit: int, content_type: str = "application/json") -> aiohttp.ClientSession:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": content_type}
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=limit, ssl=context), headers=headers)
+
+
+@dataclass
+class EvictionCeiling(_ApiClient):
     """POST an Eviction for every pod, nothing else (no list, no waiting for deletion), as fast as the API server
     takes them: `lanes` requests in flight per PodDisruptionBudget, all budgets at once.
 
@@ -89,10 +103,7 @@ class EvictionCeiling:
     100 ms; everything is bounded by `time_limit`.
     """
 
-    server_url: str
-    ca: Path
-    token: str
-    namespace: str
+    namespace: str = "default"
     lanes: int = 1
     time_limit: float = 120.0
     accepted: int = 0
@@ -104,15 +115,12 @@ class EvictionCeiling:
         asyncio.run(self._run(pods))
 
     async def _run(self, pods: Sequence[tuple[str, str]]) -> None:
-        context = ssl.create_default_context(cafile=str(self.ca))
         # Pods are named <deployment>-<replicaset hash>-<suffix>; each Deployment has its own PDB.
         queues: dict[str, asyncio.Queue[tuple[str, str]]] = {}
         for name, uid in pods:
             queues.setdefault(name.rsplit("-", 2)[0], asyncio.Queue()).put_nowait((name, uid))
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-        connector = aiohttp.TCPConnector(limit=len(queues) * self.lanes + 1, ssl=context)
         deadline = time.monotonic() + self.time_limit
-        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        async with self._session(len(queues) * self.lanes + 1) as session:
 
             async def lane(queue: asyncio.Queue[tuple[str, str]]) -> None:
                 while not queue.empty() and time.monotonic() < deadline:
@@ -147,15 +155,12 @@ class EvictionCeiling:
 
 
 @dataclass
-class MarkCeiling:
+class MarkCeiling(_ApiClient):
     """Taint and cordon every node with one JSON merge PATCH each (spotq's own request shape, without the
     resourceVersion precondition or anything else), `in_flight` at a time on kept-alive connections, as fast as the
     API server takes them. `rate` is nodes per second from the first request sent to the last answer."""
 
-    server_url: str
-    ca: Path
-    token: str
-    taint: str
+    taint: str = "spotq.io/spot-interruption"
     in_flight: int = 64
     done: int = 0
     errors: int = 0
@@ -169,14 +174,11 @@ class MarkCeiling:
         asyncio.run(self._run(nodes))
 
     async def _run(self, nodes: Sequence[str]) -> None:
-        context = ssl.create_default_context(cafile=str(self.ca))
-        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/merge-patch+json"}
         body = {"spec": {"unschedulable": True, "taints": [{"key": self.taint, "value": "", "effect": "NoSchedule"}]}}
         queue: asyncio.Queue[str] = asyncio.Queue()
         for name in nodes:
             queue.put_nowait(name)
-        connector = aiohttp.TCPConnector(limit=self.in_flight, ssl=context)
-        async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        async with self._session(self.in_flight, "application/merge-patch+json") as session:
 
             async def lane() -> None:
                 while not queue.empty():

@@ -1,0 +1,97 @@
+"""A drain's first look at a node's pods, against real API servers: one watch-list request (the pods, then the live
+watch) where the server streams a watch's initial state, a list and a watch where it does not (WatchList switched
+off, as Kubernetes 1.33 ships). Either way a pod deleted afterwards is seen."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from spotq.kube.client import KubeClient
+from spotq.kube.pods import PodClient
+from spotq.settings import KubeSettings
+from testenv import LocalCluster
+from testenv.workloads import KWOK_ANNOTATION
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster_without_watch_list() -> Iterator[LocalCluster]:
+    cluster = LocalCluster(extra_args={"kube-apiserver": ["--feature-gates=WatchList=false"]})
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def bare_pods(cluster: LocalCluster, namespace: str, node: str, count: int) -> set[str]:
+    """Pods bound straight to `node` (no scheduler): what a drain finds there."""
+    names = set()
+    for i in range(count):
+        name = f"p{i}"
+        cluster.client.create(
+            f"/api/v1/namespaces/{namespace}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name},
+                "spec": {
+                    "nodeName": node,
+                    "terminationGracePeriodSeconds": 0,
+                    "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+                    "tolerations": [{"key": KWOK_ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}],
+                },
+            },
+        )
+        names.add(name)
+    return names
+
+
+async def first_look_then_a_deletion(cluster: LocalCluster, namespace: str, node: str) -> tuple[set[str], bool, str]:
+    """open_on_node, then delete one pod and wait for its DELETED event: (pods seen, watch-list used, deleted)."""
+    kube = await KubeClient.connect(KubeSettings(kubeconfig=str(cluster.kubeconfig_path)), max_connections=8)
+    try:
+        client = PodClient(kube)
+        pods, version, live = await client.open_on_node(node)
+        seen = {pod.name for pod in pods if pod.namespace == namespace}
+        stream = live if live is not None else client.watch_on_node(node, version)
+        victim = sorted(seen)[0]
+        await asyncio.to_thread(
+            cluster.client.delete, f"/api/v1/namespaces/{namespace}/pods/{victim}", grace_period_seconds=0
+        )
+        async with asyncio.timeout(30):
+            async for kind, pod, _ in stream:
+                if kind == "DELETED" and pod is not None and pod.name == victim:
+                    await stream.aclose()
+                    return seen, live is not None, victim
+        raise AssertionError("the watch ended without the deletion")
+    finally:
+        await kube.close()
+
+
+def test_watch_list_gives_pods_and_watch_in_one_request(local_cluster: LocalCluster, namespace: str) -> None:
+    node = local_cluster.create_spot_nodes(1)[0].node_name
+    names = bare_pods(local_cluster, namespace, node, 3)
+    seen, watch_list, _ = asyncio.run(first_look_then_a_deletion(local_cluster, namespace, node))
+    assert seen == names
+    assert watch_list  # this API server (1.36) streams the initial state
+
+
+def test_without_watch_list_the_pods_are_listed_and_watched(
+    cluster_without_watch_list: LocalCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="spotq.kube.pods")
+    cluster = cluster_without_watch_list
+    cluster.create_namespace("w")
+    node = cluster.create_spot_nodes(1)[0].node_name
+    names = bare_pods(cluster, "w", node, 3)
+    seen, watch_list, _ = asyncio.run(first_look_then_a_deletion(cluster, "w", node))
+    assert seen == names
+    assert not watch_list  # refused, fell back to a list; the deletion still came through the watch
+    refusals = [r for r in caplog.records if "refuses watch-list" in r.getMessage()]
+    assert refusals and getattr(refusals[0], "status", None) in (400, 403, 422)

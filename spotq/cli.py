@@ -8,7 +8,7 @@ import json
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -66,14 +66,7 @@ def _run(settings: Settings) -> int:
         print("spotq: missing setting SPOTQ_AWS__REGION (or AWS_REGION; none in the queue URL either)", file=sys.stderr)
         return 2
     settings.aws.region = region
-    logs.configure(settings.log)
-    try:
-        return asyncio.run(app.run_queue_mode(settings))
-    except ConfigError as exc:
-        print(f"spotq: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return _serve(settings, lambda: app.run_queue_mode(settings))
 
 
 def _imds(settings: Settings) -> int:
@@ -87,25 +80,25 @@ def _imds(settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
-    logs.configure(settings.log)
-    try:
-        return asyncio.run(imds_mode.run_imds_mode(settings, node))
-    except ConfigError as exc:
-        print(f"spotq: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return _serve(settings, lambda: imds_mode.run_imds_mode(settings, node))
 
 
 def _release(settings: Settings, nodes: list[str]) -> int:
     from spotq import releasing
 
+    return _serve(settings, lambda: releasing.release(settings, nodes))
+
+
+def _serve(settings: Settings, main: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Logging as configured, then `main` on an event loop: a configuration error is one line and exit 2."""
     logs.configure(settings.log)
     try:
-        return asyncio.run(releasing.release(settings, nodes))
+        return asyncio.run(main())
     except ConfigError as exc:
         print(f"spotq: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
 def aws_region(configured: str | None, queue_url: str, environ: Mapping[str, str]) -> str | None:

@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 
 def free_port() -> int:
@@ -24,6 +25,8 @@ def free_port() -> int:
 
 class SpotqProcess:
     """`spotq run` with the given settings; stopped with SIGTERM (then SIGKILL) by PID."""
+
+    command = "run"  # the spotq subcommand this class starts
 
     def __init__(
         self, env: Mapping[str, str], *, log_path: Path, ready_timeout: float = 60.0, wait_for: str = "/readyz"
@@ -42,7 +45,7 @@ class SpotqProcess:
         self._wait_for = wait_for
         self.process: subprocess.Popen[bytes] | None = None
 
-    def __enter__(self) -> SpotqProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
@@ -52,21 +55,23 @@ class SpotqProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> SpotqProcess:
+    def start(self) -> Self:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "spotq", "run"], env=self._env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "spotq", self.command], env=self._env, stdout=log, stderr=subprocess.STDOUT
         )
         log.close()
         deadline = time.monotonic() + self._ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"spotq exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"spotq {self.command} exited with {self.process.returncode}:\n{self.log_tail()}")
             if self.get(self._wait_for)[0] == 200:
                 return self
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"spotq not ready after {self._ready_timeout:.0f}s:\n{self.log_tail()}")
+        raise RuntimeError(
+            f"spotq {self.command}: {self._wait_for} not 200 after {self._ready_timeout:.0f}s:\n{self.log_tail()}"
+        )
 
     def get(self, path: str) -> tuple[int, str]:
         try:

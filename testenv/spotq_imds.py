@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -21,6 +18,8 @@ class SpotqImdsProcess(SpotqProcess):
     NODE_NAME is not inherited from this process's environment: pass it in `env`, as the downward API would.
     """
 
+    command = "imds"
+
     def __init__(
         self,
         env: Mapping[str, str],
@@ -33,26 +32,6 @@ class SpotqImdsProcess(SpotqProcess):
         if not _LOOPBACK.match(endpoint):
             # The default is the real link-local IMDS address: a test must never send traffic there.
             raise ValueError(f"SPOTQ_IMDS__ENDPOINT must be a loopback URL in tests, got {endpoint!r}")
-        super().__init__(env, log_path=log_path, ready_timeout=ready_timeout)
+        super().__init__(env, log_path=log_path, ready_timeout=ready_timeout, wait_for=wait_for)
         if "NODE_NAME" not in env:
             self._env.pop("NODE_NAME", None)
-        self._wait_for = wait_for
-
-    def start(self) -> SpotqImdsProcess:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "spotq", "imds"], env=self._env, stdout=log, stderr=subprocess.STDOUT
-        )
-        log.close()
-        deadline = time.monotonic() + self._ready_timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"spotq imds exited with {self.process.returncode}:\n{self.log_tail()}")
-            if self.get(self._wait_for)[0] == 200:
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"spotq imds: {self._wait_for} not 200 after {self._ready_timeout:.0f}s:\n{self.log_tail()}")
-
-    def __enter__(self) -> SpotqImdsProcess:
-        return self.start()

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from testenv import LocalCluster
+
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "spotq"
 CFN_TEMPLATE = REPO / "infra" / "cloudformation" / "spotq.yaml"
@@ -202,3 +204,26 @@ SPOTQ_AWS_ACTIONS = frozenset(
 def as_list(value: Any) -> list[Any]:
     """An IAM field that may be one value or a list, as a list."""
     return value if isinstance(value, list) else [value]
+
+
+def web_pods_on_one_node(cluster: LocalCluster, namespace: str) -> tuple[str, str, str]:
+    """Four `web` pods (PDB maxUnavailable 1, grace 1 s) all on a fresh Spot node, then a spare Spot node that joins
+    afterwards to take them: (target node, its instance ID, spare node)."""
+    group = {"testenv/group": namespace}
+    ((target, instance_id),) = cluster.create_spot_nodes(1, labels=group)
+    cluster.create_deployment_with_pdb(
+        namespace, "web", 4, max_unavailable=1, node_selector=group, termination_grace_period_seconds=1
+    )
+    cluster.wait_deployments_ready(namespace, ["web"], timeout=60)
+    assert len(cluster.list_pods(namespace, node_name=target)) == 4
+    ((spare, _),) = cluster.create_spot_nodes(1, labels=group)
+    return target, instance_id, spare
+
+
+def tainted_cordoned_and_empty(cluster: LocalCluster, namespace: str, node_name: str, taint: str) -> bool:
+    node = cluster.get_node(node_name)
+    assert node is not None
+    tainted = any(t["key"] == taint for t in node["spec"].get("taints", []))
+    return (
+        tainted and node["spec"].get("unschedulable") is True and not cluster.list_pods(namespace, node_name=node_name)
+    )

@@ -17,7 +17,7 @@ from testenv.imds import ImdsMock
 from testenv.kube import JSON
 from testenv.procs import ManagedProcess, wait_until
 
-from .support import REPO, Helm, ready, refusals
+from .support import REPO, Helm, ready, refusals, tainted_cordoned_and_empty, web_pods_on_one_node
 
 pytestmark = pytest.mark.integration
 
@@ -124,15 +124,7 @@ def test_daemonset_keeps_running_on_a_node_spotq_has_tainted_and_cordoned(
 def test_spotq_imds_with_the_daemonset_environment_drains_its_node_as_the_chart_service_account(
     local_cluster: LocalCluster, cluster_helm: Helm, namespace: str, tmp_path: Path
 ) -> None:
-    group = {"testenv/group": namespace}
-    # The web pods all start on the target node; the spare node joins afterwards to take them.
-    ((target, instance_id),) = local_cluster.create_spot_nodes(1, labels=group)
-    local_cluster.create_deployment_with_pdb(
-        namespace, "web", 4, max_unavailable=1, node_selector=group, termination_grace_period_seconds=1
-    )
-    local_cluster.wait_deployments_ready(namespace, ["web"], timeout=60)
-    assert len(local_cluster.list_pods(namespace, node_name=target)) == 4
-    ((spare, _),) = local_cluster.create_spot_nodes(1, labels=group)
+    target, instance_id, spare = web_pods_on_one_node(local_cluster, namespace)
 
     cluster_helm.run(
         "install", RELEASE, "helm/spotq", "--namespace", NAMESPACE,
@@ -161,14 +153,7 @@ def test_spotq_imds_with_the_daemonset_environment_drains_its_node_as_the_chart_
             wait_until("spotq imds /readyz", lambda: ready(spotq.log_path), timeout=60, processes=[spotq])
 
             def drained() -> bool:
-                node = local_cluster.get_node(target)
-                assert node is not None
-                tainted = any(t["key"] == "spotq.io/spot-interruption" for t in node["spec"].get("taints", []))
-                return (
-                    tainted
-                    and node["spec"].get("unschedulable") is True
-                    and not local_cluster.list_pods(namespace, node_name=target)
-                )
+                return tainted_cordoned_and_empty(local_cluster, namespace, target, "spotq.io/spot-interruption")
 
             wait_until("the node tainted, cordoned and empty", drained, timeout=90, interval=0.5, processes=[spotq])
             local_cluster.wait_deployments_ready(namespace, ["web"], timeout=60)

@@ -21,7 +21,16 @@ from testenv import KubeApiError, LocalCluster, MotoServer, tools
 from testenv.kube import JSON
 from testenv.procs import ManagedProcess, wait_until
 
-from .support import CFN_TEMPLATE, REPO, Helm, ready, refusals, sample_event
+from .support import (
+    CFN_TEMPLATE,
+    REPO,
+    Helm,
+    ready,
+    refusals,
+    sample_event,
+    tainted_cordoned_and_empty,
+    web_pods_on_one_node,
+)
 
 pytestmark = [
     pytest.mark.integration,
@@ -238,15 +247,7 @@ def test_spot_interruption_on_the_bus_drains_the_node_as_the_chart_service_accou
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    group = {"testenv/group": namespace}
-    # The web pods all start on the target node; the spare node joins afterwards to take them.
-    ((target, instance_id),) = local_cluster.create_spot_nodes(1, labels=group)
-    local_cluster.create_deployment_with_pdb(
-        namespace, "web", 4, max_unavailable=1, node_selector=group, termination_grace_period_seconds=1
-    )
-    local_cluster.wait_deployments_ready(namespace, ["web"], timeout=60)
-    assert len(local_cluster.list_pods(namespace, node_name=target)) == 4
-    ((spare, _),) = local_cluster.create_spot_nodes(1, labels=group)
+    target, instance_id, spare = web_pods_on_one_node(local_cluster, namespace)
 
     local_cluster.wait_deployments_ready(NAMESPACE, [RELEASE], timeout=60)
     (own,) = _release_pods(local_cluster)
@@ -272,14 +273,7 @@ def test_spot_interruption_on_the_bus_drains_the_node_as_the_chart_service_accou
         assert reply["FailedEntryCount"] == 0
 
         def drained() -> bool:
-            node = local_cluster.get_node(target)
-            assert node is not None
-            tainted = any(t["key"] == TAINT for t in node["spec"].get("taints", []))
-            return (
-                tainted
-                and node["spec"].get("unschedulable") is True
-                and not local_cluster.list_pods(namespace, node_name=target)
-            )
+            return tainted_cordoned_and_empty(local_cluster, namespace, target, TAINT)
 
         wait_until("the target node tainted, cordoned and empty", drained, timeout=90, interval=0.5, processes=[spotq])
 

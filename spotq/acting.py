@@ -12,7 +12,7 @@ from typing import Protocol
 from spotq import clock, draining, plans
 from spotq.budgets import Budgets
 from spotq.draining import DrainOptions, DrainReport, PodApi
-from spotq.errors import TransientError
+from spotq.errors import PermanentError, TransientError
 from spotq.kube.marks import Marks
 from spotq.kube.nodes import NodeIndex, NodeRef
 from spotq.notices import LifecycleHook, Notice
@@ -226,9 +226,11 @@ class Actor:
                 log.warning("lifecycle heartbeat failed", extra={"error": str(exc)[:200]})
 
     async def _wait_ready(self, node: NodeRef | None, plan: plans.Plan) -> None:
+        """A launch hook completes once its node is Ready; held (message in flight) until the plan's deadline,
+        which the launch wait puts shortly before the hook's own timeout."""
         name = node.name if node else None
         if name is None:
-            raise TransientError("launch hook: the new instance is not a node yet")
+            raise PermanentError("launch hook: the new instance is not a node of this cluster")
 
         def ready() -> bool:
             current = self._index.by_name(name)
@@ -238,7 +240,10 @@ class Actor:
             async with asyncio.timeout_at(clock.loop_deadline(plan.deadline)):
                 await self._index.wait_for(ready)
         except TimeoutError:
-            raise TransientError(f"launch hook: node {name} not Ready before the deadline") from None
+            raise PermanentError(
+                f"launch hook: node {name} not Ready within SPOTQ_POLICY__LAUNCH_WAIT_SECONDS; the hook's own "
+                "timeout decides"
+            ) from None
 
 
 @contextlib.asynccontextmanager

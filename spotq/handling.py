@@ -12,7 +12,8 @@ from spotq.acknowledging import Outcome, combine
 from spotq.errors import PermanentError, TransientError
 from spotq.notices import Delivery, InstanceId, Notice
 from spotq.observability import logs, metrics
-from spotq.resolving import Resolver
+from spotq.plans import Plan
+from spotq.resolving import Resolution, Resolver
 
 log = logs.get("spotq.handling")
 
@@ -73,33 +74,56 @@ class Handler:
     ) -> Outcome:
         context = context.bind(instance=instance_id)
         try:
+            if isinstance(notice, notices.LifecycleTerminate | notices.LifecycleLaunch) and not (
+                planning.hook_group_ours(notice.hook.group_name, self._policy)
+            ):
+                self._log_unknown(instance_id, "hook's group is not in SPOTQ_POLICY__LIFECYCLE_GROUPS", context)
+                return Outcome.OUT_OF_SCOPE
+            plan = planning.plan(notice, self._policy, received_at)
+            if not plan.steps:
+                context.info("no action for this notice")
+                return Outcome.NO_ACTION
             resolution = await self._resolver.resolve(instance_id)
+            if isinstance(notice, notices.LifecycleLaunch) and resolution.node is None:
+                joined = await self._await_launch(instance_id, plan, context)
+                if joined is None:
+                    return Outcome.FAILED
+                resolution = joined
             node = resolution.node
             if node is not None:
                 context = context.bind(node=node.name)
-            outcome = Outcome.DONE
-            if not resolution.in_scope:
-                if isinstance(notice, notices.LifecycleLaunch) and node is None:
-                    return Outcome.TRANSIENT  # the new instance has not registered as a node yet
-                outcome = Outcome.UNKNOWN_INSTANCE if node is None else Outcome.OUT_OF_SCOPE
+            if node is None or not resolution.in_scope:
+                # Not provably ours: touch nothing (another cluster's terminate hook waits for its own handler).
                 self._log_unknown(instance_id, resolution.why, context)
-                if node is not None or self._unknown_fate == "release":
-                    return outcome  # not ours to touch
-            plan = planning.plan(notice, self._policy, received_at, node_known=node is not None)
-            if not plan.steps:
-                context.info("no action for this notice")
-                return outcome if outcome is not Outcome.DONE else Outcome.NO_ACTION
+                return Outcome.UNKNOWN_INSTANCE if node is None else Outcome.OUT_OF_SCOPE
             if self._dry_run:
                 context.info("dry run: would act", extra={"steps": plan.step_names})
                 return Outcome.DRY_RUN
-            await self._actor.act(plan, notice, node if resolution.in_scope else None, received_loop_time, context)
-            return outcome
+            await self._actor.act(plan, notice, node, received_loop_time, context)
+            return Outcome.DONE
         except PermanentError as exc:
             context.warning("notice failed for good", extra={"error": str(exc)[:300]})
             return Outcome.FAILED
         except TransientError as exc:
             context.warning("notice will be retried", extra={"error": str(exc)[:300]})
             return Outcome.TRANSIENT
+
+    async def _await_launch(self, instance_id: InstanceId, plan: Plan, context: logs.Context) -> Resolution | None:
+        """A launch hook arrives before its node joins (that takes minutes): hold the message in flight, its
+        visibility extended, instead of handing it back (each redelivery brings it closer to the DLQ)."""
+        context.info(
+            "launch hook: waiting for the instance to join as a node", extra={"until": plan.deadline.isoformat()}
+        )
+        try:
+            async with asyncio.timeout_at(clock.loop_deadline(plan.deadline)):
+                await self._resolver.joined(instance_id)
+        except TimeoutError:
+            context.warning(
+                "launch hook: the instance did not join before SPOTQ_POLICY__LAUNCH_WAIT_SECONDS; "
+                "the hook's own timeout decides"
+            )
+            return None
+        return await self._resolver.resolve(instance_id)
 
     def _log_unknown(self, instance_id: InstanceId, why: str, context: logs.Context) -> None:
         if instance_id in self._unknown_logged:

@@ -382,7 +382,7 @@ class Watcher:
             context.info("node out of scope (SPOTQ_KUBE__NODE_SELECTOR): not acted on")
             entry.status = "done"
             return
-        plan = planning.plan(notice, self._policy, entry.received_at, node_known=True)
+        plan = planning.plan(notice, self._policy, entry.received_at)
         if not plan.steps:
             context.info("no action for this notice")
         elif self._dry_run:

@@ -18,6 +18,9 @@ class Policy:
     safety_margin: timedelta
     drain_timeout: timedelta
     min_window: timedelta = timedelta(0)
+    launch_wait: timedelta = timedelta(seconds=3300)
+    lifecycle_groups: tuple[str, ...] = ()
+    """Names, or prefixes ending in '*', of the Auto Scaling groups whose hooks are ours; empty: any group."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -35,6 +38,8 @@ class Policy:
             safety_margin=timedelta(seconds=settings.drain.safety_margin_seconds),
             drain_timeout=timedelta(seconds=settings.drain.timeout_seconds),
             min_window=timedelta(seconds=settings.drain.min_window_seconds),
+            launch_wait=timedelta(seconds=policy.launch_wait_seconds),
+            lifecycle_groups=tuple(g.strip() for g in policy.lifecycle_groups.split(",") if g.strip()),
         )
 
     def taint_key(self, kind: Kind) -> str:
@@ -47,8 +52,27 @@ def level_for(notice: Notice, policy: Policy) -> ActionLevel:
     return policy.levels.get(notice.kind, ActionLevel.NONE)
 
 
-def plan(notice: Notice, policy: Policy, received_at: datetime, *, node_known: bool = True) -> plans.Plan:
-    """The steps for one instance of `notice`. An instance that is no node of ours gets only hook completion."""
+def hook_group_ours(group_name: str, policy: Policy) -> bool:
+    """Whether spotq may complete a lifecycle hook of this Auto Scaling group (SPOTQ_POLICY__LIFECYCLE_GROUPS)."""
+    if not policy.lifecycle_groups:
+        return True
+    return any(
+        group_name.startswith(entry[:-1]) if entry.endswith("*") else group_name == entry
+        for entry in policy.lifecycle_groups
+    )
+
+
+def launch_deadline(notice: notices.LifecycleLaunch, policy: Policy, received_at: datetime) -> datetime:
+    """Until when a launch hook is held for its node to join and go Ready: the hook's own timeout is near then."""
+    return (notice.event_time or received_at) + policy.launch_wait
+
+
+def plan(notice: Notice, policy: Policy, received_at: datetime) -> plans.Plan:
+    """The steps for one instance of `notice` whose node is ours (resolved and in scope).
+
+    Nothing is planned for instances that are no node of ours: above all no hook completion, since a terminate
+    hook of another cluster's group must wait for that cluster's handler.
+    """
     deadline = received_at + policy.drain_timeout
     if notice.deadline is not None:
         deadline = min(deadline, notice.deadline - policy.safety_margin)
@@ -57,10 +81,9 @@ def plan(notice: Notice, policy: Policy, received_at: datetime, *, node_known: b
     if isinstance(notice, notices.LifecycleLaunch):
         if policy.complete_lifecycle_launch:
             steps.append(plans.CompleteLifecycle(notice.hook, when_node_ready=True))
-        return plans.Plan(tuple(steps), deadline)
+        return plans.Plan(tuple(steps), launch_deadline(notice, policy, received_at))
     level = level_for(notice, policy)
-    if node_known:
-        steps.extend(_node_steps(notice.kind, level, policy))
+    steps.extend(_node_steps(notice.kind, level, policy))
     if isinstance(notice, notices.LifecycleTerminate):
         # The hook holds the instance until completed; completing it is ours whatever the level.
         steps.append(plans.CompleteLifecycle(notice.hook))

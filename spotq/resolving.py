@@ -44,6 +44,22 @@ class Resolver:
             return Resolution(node, False, "instance lacks the tag in SPOTQ_KUBE__INSTANCE_TAG")
         return Resolution(node, True)
 
+    async def joined(self, instance_id: InstanceId) -> None:
+        """Wait until an instance that is no node yet (a launch) appears in the index: by providerID, or by the
+        private DNS name EC2 knows it by. Bounded by the caller."""
+        names: set[str] = set()
+
+        def known() -> bool:
+            return self._index.lookup(instance_id) is not None or any(self._index.by_name(n) for n in names)
+
+        while not known():
+            if self._describer is not None and not names:
+                info = await self._describer.describe(instance_id)
+                if info is not None and info.private_dns_name:
+                    names.add(info.private_dns_name)
+                    continue
+            await self._index.wait_for(known)
+
 
 def _tagged(info: InstanceInfo | None, key: str, value: str | None) -> bool:
     if info is None or key not in info.tags:

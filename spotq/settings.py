@@ -108,6 +108,18 @@ class PolicySettings(_Group):
     complete_lifecycle_launch: bool = Field(
         False, description="Complete launch hooks (CONTINUE) once the new node is Ready."
     )
+    launch_wait_seconds: float = Field(
+        3300.0,
+        gt=0,
+        description="How long a launch hook's message is held (visibility extended) while its instance joins and "
+        "goes Ready, s, counted from the event's time; then the hook is left to its own timeout (default 3600 s).",
+    )
+    lifecycle_groups: str = Field(
+        "",
+        description="Auto Scaling groups whose lifecycle hooks spotq may complete, comma-separated names or "
+        "prefixes ending in '*'; empty: any group. Hooks of instances that are no node of this cluster (or out of "
+        "scope) are never completed.",
+    )
     dry_run: bool = Field(
         False, description="Log and count what would be done; change nothing, complete no hook, delete nothing."
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -100,9 +102,19 @@ def test_instance_tag_scoping_uses_ec2_tags(
         local_cluster.delete_nodes(names)
 
 
-def test_launch_hook_completes_once_the_new_node_is_ready(
-    local_cluster: LocalCluster, moto: MotoServer, queue: str, spotq_env: dict[str, str], tmp_path: Path
+def test_launch_hook_is_held_while_its_node_joins_and_never_dead_lettered(
+    local_cluster: LocalCluster, moto: MotoServer, spotq_env: dict[str, str], tmp_path: Path
 ) -> None:
+    """With the stack's redrive policy (5 receives, then the DLQ), a launch hook whose node takes longer to join
+    than five retries used to end in the DLQ: it is now held in flight (visibility extended) until the node is
+    Ready, then completed."""
+    sqs = moto.client("sqs")
+    dlq = sqs.create_queue(QueueName="spotq-dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "5"})
+    queue = sqs.create_queue(
+        QueueName="spotq-redriven", Attributes={"MessageRetentionPeriod": "300", "RedrivePolicy": redrive}
+    )["QueueUrl"]
     instance_id = "i-0123456789abcdef0"
     body = json.dumps(
         {
@@ -116,11 +128,19 @@ def test_launch_hook_completes_once_the_new_node_is_ready(
             "EC2InstanceId": instance_id,
         }
     )
-    env = {**spotq_env, "SPOTQ_POLICY__COMPLETE_LIFECYCLE_LAUNCH": "true"}
-    with SpotqProcess(env, log_path=tmp_path / "spotq.log") as spotq:
-        moto.client("sqs").send_message(QueueUrl=queue, MessageBody=body)
-        # The instance has not joined yet: the message is kept and retried, the hook not completed.
-        wait_until("a retry", lambda: spotq.metric("spotq_messages_finished_total", outcome="transient") >= 1)
+    env = {
+        **spotq_env,
+        "SPOTQ_QUEUE__URL": queue,
+        "SPOTQ_POLICY__COMPLETE_LIFECYCLE_LAUNCH": "true",
+        # Short visibility: five redeliveries would take ~10 s if the message were handed back.
+        "SPOTQ_QUEUE__VISIBILITY_TIMEOUT_SECONDS": "10",
+    }
+    with SpotqProcess(env, log_path=tmp_path / "spotq.log"):
+        sqs.send_message(QueueUrl=queue, MessageBody=body)
+        wait_until("message received", lambda: _attribute(sqs, queue, "ApproximateNumberOfMessagesNotVisible") == 1)
+        time.sleep(25)  # the node joins late: longer than five visibility timeouts
+        assert _attribute(sqs, dlq, "ApproximateNumberOfMessages") == 0
+        assert _attribute(sqs, queue, "ApproximateNumberOfMessagesNotVisible") == 1  # held, not handed back
         assert moto.completed_lifecycle_actions() == []
         name = "ip-10-0-200-9.ec2.internal"
         local_cluster.client.create("/api/v1/nodes", node_manifest(name, instance_id))
@@ -137,8 +157,26 @@ def test_launch_hook_completes_once_the_new_node_is_ready(
                 c["type"] == "Ready" and c["status"] == "True" for c in node["status"]["conditions"]
             )
             wait_until("message deleted", lambda: queue_depth(moto, queue) == 0, timeout=30)
+            assert _attribute(sqs, dlq, "ApproximateNumberOfMessages") == 0
         finally:
             local_cluster.delete_nodes([name])
+
+
+def _attribute(sqs: Any, url: str, name: str) -> int:
+    return int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=[name])["Attributes"][name])
+
+
+def test_terminate_hook_of_another_cluster_is_never_completed(
+    local_cluster: LocalCluster, moto: MotoServer, queue: str, spotq_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The stack's terminate rule matches every group in the account: a hook for an instance that is no node of
+    this cluster must wait for its own handler, not get CONTINUE from spotq."""
+    body = (Path(__file__).parent.parent / "data/events/autoscaling-direct/lifecycle-terminate.json").read_text()
+    with SpotqProcess(spotq_env, log_path=tmp_path / "spotq.log") as spotq:
+        moto.client("sqs").send_message(QueueUrl=queue, MessageBody=body)
+        wait_until("message settled", lambda: queue_depth(moto, queue) == 0, timeout=30)
+        assert spotq.metric("spotq_messages_finished_total", outcome="unknown_instance") == 1
+    assert moto.lifecycle_actions() == []  # not completed, not even a heartbeat
 
 
 def test_a_hook_call_that_can_never_succeed_is_not_retried_forever(
@@ -146,6 +184,8 @@ def test_a_hook_call_that_can_never_succeed_is_not_retried_forever(
 ) -> None:
     body = (Path(__file__).parent.parent / "data/events/autoscaling-direct/lifecycle-terminate.json").read_text()
     body = body.replace("465e0162-e6af-4786-b4e8-bb544ae58790", "short")  # AWS rejects tokens under 36 characters
+    (node,) = local_cluster.create_spot_nodes(1)  # the hook must be ours to be completed at all
+    body = body.replace("i-0633ac2b0d9769723", node.instance_id)
     with SpotqProcess(spotq_env, log_path=tmp_path / "spotq.log") as spotq:
         moto.client("sqs").send_message(QueueUrl=queue, MessageBody=body)
         wait_until("message deleted", lambda: queue_depth(moto, queue) == 0, timeout=30)

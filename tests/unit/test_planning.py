@@ -76,11 +76,24 @@ def test_launch_hook_completion_is_opt_in() -> None:
     assert plan.steps == (plans.CompleteLifecycle(HOOK, when_node_ready=True),)
 
 
-def test_unknown_node_gets_only_hook_completion() -> None:
-    notice = notices.LifecycleTerminate(event_time=T0, instance_ids=IDS, hook=HOOK)
-    assert planning.plan(notice, DEFAULT, T0, node_known=False).step_names == ["complete_lifecycle"]
-    spot = notices.SpotInterruption(event_time=T0, instance_ids=IDS, deadline=T0)
-    assert planning.plan(spot, DEFAULT, T0, node_known=False).steps == ()
+@pytest.mark.parametrize(
+    ("groups", "group", "ours"),
+    [
+        ("", "anything", True),
+        ("eks-spot-*", "eks-spot-a", True),
+        ("eks-spot-*", "eks-on-demand", False),
+        ("batch,eks-spot-*", "batch", True),
+        ("batch", "batch-2", False),
+    ],
+)
+def test_hook_groups_are_names_or_prefixes(groups: str, group: str, ours: bool) -> None:
+    assert planning.hook_group_ours(group, policy(policy={"lifecycle_groups": groups})) is ours
+
+
+def test_launch_hook_is_held_until_the_launch_wait_after_its_event() -> None:
+    custom = policy(policy={"complete_lifecycle_launch": True, "launch_wait_seconds": 600})
+    plan = planning.plan(notices.LifecycleLaunch(event_time=T0, instance_ids=IDS, hook=HOOK), custom, T0)
+    assert plan.deadline == T0 + timedelta(seconds=600)
 
 
 def test_deadline_is_notice_deadline_less_margin() -> None:

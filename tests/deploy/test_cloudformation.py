@@ -91,6 +91,16 @@ def test_five_rules_send_each_notice_kind_to_the_queue_and_launch_hooks_are_opti
         "state": ["stopping", "stopped", "shutting-down", "terminated"]
     }
     assert by_type["AWS Health Event"]["detail"] == {"service": ["EC2"], "eventTypeCategory": ["scheduledChange"]}
+    scoped = {
+        "Fn::If": [
+            "HasLifecycleGroups",
+            {"AutoScalingGroupName": {"Ref": "LifecycleGroupNames"}},
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+    assert by_type["EC2 Instance-terminate Lifecycle Action"]["detail"] == scoped
+    assert by_type["EC2 Instance-launch Lifecycle Action"]["detail"] == scoped
+    assert template["Parameters"]["LifecycleGroupNames"]["Default"] == ""
 
 
 def test_queue_policy_lets_only_eventbridge_send_and_only_from_the_stacks_rules(template: JSON) -> None:

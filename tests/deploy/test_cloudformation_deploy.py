@@ -209,3 +209,22 @@ def test_launch_lifecycle_events_are_delivered_when_the_stack_asks_for_them(moto
     _put(moto_server, _launch_event())
     (message,) = _drain(moto_server, outputs["QueueURL"])
     assert explain(message["Body"])["kind"] == "lifecycle_launch"
+
+
+def test_lifecycle_rules_can_be_scoped_to_named_groups(moto_server: MotoServer) -> None:
+    """The terminate rule matches every group in the account unless LifecycleGroupNames names this cluster's."""
+    outputs = _create_stack(
+        moto_server, {"LifecycleGroupNames": "eks-spot-a,eks-spot-b", "LaunchLifecycleEvents": "true"}
+    )
+    ours, foreign = sample_event("lifecycle-terminate.json"), sample_event("lifecycle-terminate.json")
+    ours["detail"]["AutoScalingGroupName"] = "eks-spot-b"
+    foreign["detail"]["AutoScalingGroupName"] = "other-cluster-workers"
+    launch = _launch_event()
+    launch["detail"]["AutoScalingGroupName"] = "eks-spot-a"
+    for event in (ours, foreign, launch):
+        _put(moto_server, event)
+    bodies = [json.loads(m["Body"]) for m in _drain(moto_server, outputs["QueueURL"])]
+    assert sorted((b["detail-type"], b["detail"]["AutoScalingGroupName"]) for b in bodies) == [
+        ("EC2 Instance-launch Lifecycle Action", "eks-spot-a"),
+        ("EC2 Instance-terminate Lifecycle Action", "eks-spot-b"),
+    ]

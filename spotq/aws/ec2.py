@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +22,12 @@ log = logging.getLogger(__name__)
 MAX_IDS = 200
 # Misses arriving within this window share one call.
 BATCH_WINDOW_SECONDS = 0.05
+# Answers are kept this long: tags and DNS names rarely change, but they do (and a Spot wave names each instance a
+# few times within seconds). "Not found" is kept briefly: a launching instance may be found a moment later.
+FOUND_TTL_SECONDS = 300.0
+NOT_FOUND_TTL_SECONDS = 30.0
+# Bounded: a long-running process sees many instances come and go.
+MAX_CACHED = 10_000
 
 
 @dataclass(frozen=True)
@@ -31,14 +40,22 @@ class InstanceInfo:
 class InstanceLookup:
     """`describe(id)` queues a request; `run()` (owned by the app's TaskGroup) answers them in batches."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._client = client
+        self._clock = clock
         self._requests: asyncio.Queue[tuple[InstanceId, asyncio.Future[InstanceInfo | None]]] = asyncio.Queue()
-        self._cache: dict[InstanceId, InstanceInfo | None] = {}
+        self._cache: OrderedDict[InstanceId, tuple[float, InstanceInfo | None]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     async def describe(self, instance_id: InstanceId) -> InstanceInfo | None:
-        if instance_id in self._cache:
-            return self._cache[instance_id]
+        cached = self._cache.get(instance_id)
+        if cached is not None:
+            expires, info = cached
+            if self._clock() < expires:
+                return info
+            del self._cache[instance_id]
         future: asyncio.Future[InstanceInfo | None] = asyncio.get_running_loop().create_future()
         await self._requests.put((instance_id, future))
         return await future
@@ -61,9 +78,16 @@ class InstanceLookup:
             return
         for instance_id, future in batch:
             info = found.get(instance_id)
-            self._cache[instance_id] = info
+            self._remember(instance_id, info)
             if not future.done():
                 future.set_result(info)
+
+    def _remember(self, instance_id: InstanceId, info: InstanceInfo | None) -> None:
+        ttl = FOUND_TTL_SECONDS if info is not None else NOT_FOUND_TTL_SECONDS
+        self._cache[instance_id] = (self._clock() + ttl, info)
+        self._cache.move_to_end(instance_id)
+        while len(self._cache) > MAX_CACHED:
+            self._cache.popitem(last=False)
 
     async def _call(self, ids: list[InstanceId]) -> dict[InstanceId, InstanceInfo]:
         found: dict[InstanceId, InstanceInfo] = {}

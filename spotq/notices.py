@@ -77,8 +77,22 @@ class StateChange(Notice):
 
 @dataclass(frozen=True, kw_only=True)
 class ScheduledChange(Notice):
+    """An AWS Health scheduled change or an IMDS maintenance event.
+
+    `status` is Health's `statusCode`, lowercased: open | upcoming | closed | cancelled (other values are kept as
+    sent). IMDS maintenance states map onto the same words: active → open, completed → closed, canceled → cancelled.
+    """
+
     kind: ClassVar[Kind] = Kind.SCHEDULED_CHANGE
     event_type_code: str = ""
+    status: str = "open"
+
+    # The change will not happen (any more): nothing to prepare for, and marks set for it can come off.
+    ENDED_STATUSES: ClassVar[frozenset[str]] = frozenset({"closed", "cancelled"})
+
+    @property
+    def cancelled_or_closed(self) -> bool:
+        return self.status in self.ENDED_STATUSES
 
 
 @dataclass(frozen=True)

@@ -367,8 +367,17 @@ class Watcher:
         return start
 
     async def _handle(self, key: str, entry: _Handled) -> None:
+        """Act on one notice; a bug in spotq's own code is logged and the notice kept for the next poll, as queue
+        mode keeps the message: the pod stays up for the notices still to come."""
+        context = log.bind(kind=entry.notice.kind.value, notice_id=entry.notice.event_id, node=self._node_name)
+        try:
+            await self._handle_once(entry, context)
+        except Exception:
+            context.exception("notice handling failed; trying again at the next poll")
+            entry.status = "retry"
+
+    async def _handle_once(self, entry: _Handled, context: logs.Context) -> None:
         notice = entry.notice
-        context = log.bind(kind=notice.kind.value, notice_id=notice.event_id, node=self._node_name)
         await self._nodes.synced.wait()
         node = self._nodes.by_name(self._node_name)
         if node is None:

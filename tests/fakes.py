@@ -21,13 +21,21 @@ class FakePods:
     retry_after: float | None = None
     forced_status: dict[str, ApiError] = field(default_factory=dict)  # pod name → error returned on evict
     calls: list[tuple[str, str, int | None]] = field(default_factory=list)  # (verb, pod, grace)
-    call_times: list[float] = field(default_factory=list)
+    call_times: list[float] = field(default_factory=list)  # loop time of each evict call
+    delete_times: list[float] = field(default_factory=list)  # loop time of each delete call
+    recreate: set[str] = field(default_factory=set)  # pod names a controller puts back (new UID) once deleted
     _watchers: dict[str, list[asyncio.Queue[tuple[str, Pod | None, str]]]] = field(default_factory=dict)
     _version: int = 1
 
     def add(self, node: str, name: str, group: str = "", **fields: object) -> Pod:
         pod = replace(Pod(namespace="ns", name=name, uid=f"uid-{name}", controller_kind="ReplicaSet"), **fields)  # type: ignore[arg-type]
         self.pods[pod.uid] = (node, pod, group)
+        return pod
+
+    def arrive(self, node: str, name: str, group: str = "", **fields: object) -> Pod:
+        """A pod bound to `node` while a drain runs: added, and announced on the node's watches."""
+        pod = self.add(node, name, group, **fields)
+        self._emit(node, "ADDED", pod)
         return pod
 
     async def list_on_node(self, node: str) -> tuple[list[Pod], str]:
@@ -71,7 +79,8 @@ class FakePods:
                 raise ApiError(
                     429,
                     "Too Many Requests",
-                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                    "Cannot evict pod as it would violate the pod's disruption budget. "
+                    f"The disruption budget {group} needs 1 healthy pods and has 1 currently",
                     self.retry_after,
                 )
             self.budgets[group] -= 1
@@ -80,6 +89,7 @@ class FakePods:
 
     async def delete(self, pod: Pod, grace_seconds: int | None) -> None:
         self.calls.append(("delete", pod.name, grace_seconds))
+        self.delete_times.append(asyncio.get_running_loop().time())
         if pod.uid not in self.pods:
             raise ApiError(404, "Not Found")
         self._schedule_delete(pod)
@@ -94,10 +104,16 @@ class FakePods:
         entry = self.pods.pop(uid, None)
         if entry is None:
             return
-        node, pod, _ = entry
+        node, pod, group = entry
+        self._emit(node, "DELETED", pod)
+        if pod.name in self.recreate:
+            self.recreate.discard(pod.name)
+            self._emit(node, "ADDED", self.add(node, pod.name, group, uid=f"{pod.uid}-again"))
+
+    def _emit(self, node: str, event_type: str, pod: Pod) -> None:
         self._version += 1
         for queue in self._watchers.get(node, []):
-            queue.put_nowait(("DELETED", pod, str(self._version)))
+            queue.put_nowait((event_type, pod, str(self._version)))
 
     def evictions_of(self, name: str) -> list[int | None]:
         return [grace for verb, pod, grace in self.calls if verb == "evict" and pod == name]

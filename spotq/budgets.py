@@ -172,6 +172,17 @@ class Budgets:
             budget.allowed = max(0, budget.allowed - 1)
         self._release(budget)
 
+    def reorder(self, drain: int, deadline: float) -> None:
+        """Drain number `drain` now ends at `deadline` (moved earlier): its waiting evictions take that place in
+        the queues."""
+        for budget in self._budgets.values():
+            if any(order[1] == drain for order, _, _ in budget.waiters):
+                budget.waiters = [
+                    ((deadline, drain) if order[1] == drain else order, n, future)
+                    for order, n, future in budget.waiters
+                ]
+                heapq.heapify(budget.waiters)
+
     @staticmethod
     def _forget(budget: _Budget, future: asyncio.Future[bool]) -> None:
         budget.waiters = [w for w in budget.waiters if w[2] is not future]

@@ -1,9 +1,11 @@
-"""Drain one node the way `kubectl drain` does, inside the notice's deadline.
+"""Drain one node the way `kubectl drain` does, inside the notice's deadline (which a later notice may move earlier).
 
 Pods are evicted concurrently through the Eviction API; deletions are awaited on one watch per node (not by
-polling each pod); a pod whose PodDisruptionBudget allows no disruption now waits for the budget to make room
-(budgets.Budgets, earliest deadline first) instead of asking again and again; a refusal (429) that still happens
-backs off and retries; at the deadline the drain stops and names what blocked it.
+polling each pod), and pods bound to the node after the first look arrive on that watch and are evicted too; a pod
+whose PodDisruptionBudget allows no disruption now waits for the budget to make room (budgets.Budgets, earliest
+deadline first) instead of asking again and again; a refusal (429) that still happens backs off and retries; if
+enabled, a pod still blocked that long before the deadline is deleted instead; at the deadline the drain stops and
+names what blocked it.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import itertools
 import logging
 import random
 import re
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -65,6 +68,58 @@ class DrainOptions:
     retry_initial_seconds: float = 0.5
     retry_max_seconds: float = 5.0
     protected: frozenset[str] = frozenset()  # namespace/name of pods never evicted (spotq's own)
+    # A pod the scheduler bound just before the taint landed shows up on the watch a moment after the first look:
+    # the drain is not complete before this long after its start (as Karpenter does), nor after the deadline.
+    settle_seconds: float = 5.0
+
+
+class DrainDeadline:
+    """A drain's deadline in loop time. A later notice may move it earlier, never later; the drain's timeouts, its
+    grace clamping, its force-delete time and its place in the budgets' queues follow it."""
+
+    def __init__(self, at: float) -> None:
+        self._at = at
+        self._timeouts: list[tuple[asyncio.Timeout, float]] = []
+        self._listeners: list[Callable[[float], None]] = []
+
+    @property
+    def at(self) -> float:
+        return self._at
+
+    def seconds_left(self) -> float:
+        return self._at - asyncio.get_running_loop().time()
+
+    def move_earlier(self, at: float) -> bool:
+        """Move the deadline to `at` (loop time) if that is earlier; True if it moved."""
+        if at >= self._at:
+            return False
+        self._at = at
+        for timeout, before in self._timeouts:
+            if not timeout.expired():
+                timeout.reschedule(at - before)
+        for listener in list(self._listeners):
+            listener(at)
+        return True
+
+    @contextlib.asynccontextmanager
+    async def timeout(self, before: float = 0.0) -> AsyncIterator[None]:
+        """asyncio.timeout_at(`before` s ahead of the deadline), following the deadline when it moves."""
+        async with asyncio.timeout_at(self._at - before) as timeout:
+            entry = (timeout, before)
+            self._timeouts.append(entry)
+            try:
+                yield
+            finally:
+                self._timeouts.remove(entry)
+
+    @contextlib.contextmanager
+    def on_move(self, listener: Callable[[float], None]) -> Iterator[None]:
+        """Call `listener(at)` whenever the deadline moves, while inside."""
+        self._listeners.append(listener)
+        try:
+            yield
+        finally:
+            self._listeners.remove(listener)
 
 
 PodEvent = tuple[str, Pod | None, str]  # (watch event type, pod or None for bookmarks, resourceVersion)
@@ -92,6 +147,7 @@ class DrainReport:
     evicted: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     blocked: dict[str, str] = field(default_factory=dict)
+    forced: dict[str, str] = field(default_factory=dict)  # pod key → why it was deleted without an eviction
     timed_out: bool = False
 
     @property
@@ -128,10 +184,11 @@ def select(pods: list[Pod], options: DrainOptions) -> Selection:
 
 
 def clamp_grace(pod_grace: int, seconds_left: float) -> int | None:
-    """None keeps the pod's own grace; otherwise a shorter one that ends before the deadline."""
-    if pod_grace <= seconds_left - 1:
+    """None keeps the pod's own grace; otherwise a shorter one that ends before the deadline, but never under 1 s:
+    0 removes the pod from the API at once, while its containers may still run."""
+    if pod_grace <= max(1, seconds_left - 1):
         return None
-    return max(0, int(seconds_left) - 1)
+    return max(1, int(seconds_left) - 1)
 
 
 def backoff(attempt: int, options: DrainOptions, retry_after: float | None) -> float:
@@ -142,13 +199,19 @@ def backoff(attempt: int, options: DrainOptions, retry_after: float | None) -> f
 
 
 class _Watcher:
-    """One watch of the node's pods; sets an event per pod UID when it is gone from the node."""
+    """One watch of the node's pods: sets an event per pod UID when it is gone from the node, and hands pods it has
+    not seen before (bound to the node after the first look) to `arrived`."""
 
-    def __init__(self, api: PodApi, node: str, version: str) -> None:
+    def __init__(self, api: PodApi, node: str, version: str, arrived: Callable[[Pod], None]) -> None:
         self._api = api
         self._node = node
         self._version = version
+        self._arrived = arrived
+        self._seen: set[str] = set()
         self._gone: dict[str, asyncio.Event] = {}
+
+    def seen(self, pod: Pod) -> None:
+        self._seen.add(pod.uid)
 
     def gone(self, uid: str) -> asyncio.Event:
         return self._gone.setdefault(uid, asyncio.Event())
@@ -163,8 +226,13 @@ class _Watcher:
                 async for event_type, pod, version in stream:
                     failures = 0
                     self._version = version or self._version
-                    if event_type == "DELETED" and pod is not None:
+                    if pod is None:
+                        continue
+                    if event_type == "DELETED":
                         self.gone(pod.uid).set()
+                    elif event_type in ("ADDED", "MODIFIED"):
+                        # A field-selector watch reports a pod newly bound to the node as ADDED.
+                        self._arrive(pod)
             except SpotqError as exc:
                 failures += 1
                 if isinstance(exc, ApiError) and exc.status == 410:
@@ -172,8 +240,13 @@ class _Watcher:
                 log.debug("pod watch restarting", extra={"node": self._node, "error": str(exc)[:200]})
                 await asyncio.sleep(min(2.0, 0.1 * 2**failures))
             else:
-                # The server closed the watch (timeout): resync so nothing deleted in between is missed.
+                # The server closed the watch (timeout): resync so nothing deleted or bound in between is missed.
                 await self._resync()
+
+    def _arrive(self, pod: Pod) -> None:
+        if pod.uid not in self._seen:
+            self._seen.add(pod.uid)
+            self._arrived(pod)
 
     async def _resync(self) -> None:
         try:
@@ -184,122 +257,218 @@ class _Watcher:
         for uid, event in self._gone.items():
             if uid not in present:
                 event.set()
+        for pod in pods:
+            self._arrive(pod)
 
 
 async def drain(
     node: str,
-    deadline: float,
+    deadline: float | DrainDeadline,
     api: PodApi,
     options: DrainOptions,
     evictions: asyncio.Semaphore,
     budgets: Budgets | None = None,
 ) -> DrainReport:
-    """Evict every pod that should go and wait until they are gone, or until `deadline` (loop time)."""
-    report = DrainReport(node)
-    order = (deadline, next(_DRAINS))
-    pods, version, live = await api.open_on_node(node)
-    selection = select(pods, options)
-    report.skipped = [pod.key for pod in selection.skipped]
-    report.blocked.update({pod.key: reason for pod, reason in selection.refused})
-    watcher = _Watcher(api, node, version)
-    pending: dict[str, str] = {}  # pod key → why it is not gone yet
-    for pod in (*selection.evict, *selection.wait_only):
-        watcher.gone(pod.uid)  # register before the watch starts
-
-    async def remove(pod: Pod) -> None:
-        pending[pod.key] = "eviction not yet accepted"
-        if pod in selection.wait_only:
-            result = "waiting"
-        else:
-            result = await _evict(pod, order, api, options, evictions, pending, budgets or Budgets())
-        if result == "refused":
-            return  # stays in `pending` with its reason
-        if result == "evicted":
-            report.evicted.append(pod.key)
-        if result != "gone" and not pod.finished:
-            pending[pod.key] = "terminating"
-            await watcher.gone(pod.uid).wait()
-        pending.pop(pod.key, None)
-
-    watch_task: asyncio.Task[None] | None = None
-    try:
-        async with asyncio.timeout_at(deadline):
-            async with asyncio.TaskGroup() as group:
-                watch_task = group.create_task(watcher.run(live))
-                removals = [group.create_task(remove(pod)) for pod in (*selection.evict, *selection.wait_only)]
-                if removals:
-                    await asyncio.wait(removals)
-                watch_task.cancel()
-    except TimeoutError:
-        report.timed_out = True
-    finally:
-        if watch_task is not None:
-            watch_task.cancel()
-        if live is not None:
-            # Closed already if the watch task ran; if it never did, this ends the request.
-            with contextlib.suppress(Exception):
-                await live.aclose()
-    report.blocked.update(pending)
-    return report
+    """Evict every pod that should go, including pods bound to the node meanwhile, and wait until they are gone
+    (and at least `options.settle_seconds` since the start), or until the deadline (loop time; a DrainDeadline can
+    be moved earlier while the drain runs)."""
+    due = deadline if isinstance(deadline, DrainDeadline) else DrainDeadline(deadline)
+    return await _Drain(node, due, api, options, evictions, budgets or Budgets()).run()
 
 
-async def _evict(
-    pod: Pod,
-    order: tuple[float, int],
-    api: PodApi,
-    options: DrainOptions,
-    evictions: asyncio.Semaphore,
-    pending: dict[str, str],
-    budgets: Budgets,
-) -> Literal["evicted", "gone", "refused"]:
-    """Evict (or, near the deadline if allowed, delete) until accepted; "refused" when it never can be."""
-    loop = asyncio.get_running_loop()
-    deadline = order[0]
-    attempt = 0
-    budget: BudgetKey | None = budgets.covering(pod.namespace, dict(pod.labels))
-    while True:
-        seconds_left = deadline - loop.time()
-        grace = clamp_grace(pod.grace_seconds, seconds_left)
-        force = (
-            options.force_delete_before_deadline_seconds > 0
-            and seconds_left <= options.force_delete_before_deadline_seconds
-            and attempt > 0
-        )
+class _Drain:
+    """One drain's state: the pods still to go (`pending`, by UID: a re-created pod may reuse a name) and why."""
+
+    def __init__(
+        self,
+        node: str,
+        due: DrainDeadline,
+        api: PodApi,
+        options: DrainOptions,
+        evictions: asyncio.Semaphore,
+        budgets: Budgets,
+    ) -> None:
+        self.due = due
+        self.api = api
+        self.options = options
+        self.evictions = evictions
+        self.budgets = budgets
+        self.number = next(_DRAINS)
+        self.report = DrainReport(node)
+        self.pending: dict[str, tuple[str, str]] = {}  # pod UID → (pod key, why it is not gone yet)
+        self.working: set[str] = set()  # UIDs whose eviction or wait has not ended
+        self.removals: list[asyncio.Task[None]] = []
+        self.arrived = asyncio.Event()
+        self.group: asyncio.TaskGroup | None = None
+        self.watcher: _Watcher | None = None
+
+    async def run(self) -> DrainReport:
+        loop = asyncio.get_running_loop()
+        settled_at = loop.time() + self.options.settle_seconds
+        pods, version, live = await self.api.open_on_node(self.report.node)
+        self.watcher = _Watcher(self.api, self.report.node, version, self._arrival)
+        watch_task: asyncio.Task[None] | None = None
         try:
-            async with budgets.turn(None if force else budget, order, BUDGET_PATIENCE_SECONDS), evictions:
-                if force:
-                    await api.delete(pod, grace)
+            with self.due.on_move(lambda at: self.budgets.reorder(self.number, at)):
+                async with self.due.timeout(), asyncio.TaskGroup() as group:
+                    self.group = group
+                    watch_task = group.create_task(self.watcher.run(live))
+                    self._take(pods)
+                    await self._settle(settled_at)
+                    watch_task.cancel()
+        except TimeoutError:
+            # Only work still under way makes it a time-out: an empty node stays complete at the deadline.
+            self.report.timed_out = bool(self.working)
+        finally:
+            if watch_task is not None:
+                watch_task.cancel()
+            if live is not None:
+                # Closed already if the watch task ran; if it never did, this ends the request.
+                with contextlib.suppress(Exception):
+                    await live.aclose()
+        self.report.blocked.update(dict(self.pending.values()))
+        return self.report
+
+    async def _settle(self, settled_at: float) -> None:
+        """Until every removal has ended and `settled_at` has passed with none under way."""
+        loop = asyncio.get_running_loop()
+        while True:
+            running = [task for task in self.removals if not task.done()]
+            if running:
+                await asyncio.wait(running)
+                continue
+            left = settled_at - loop.time()
+            if left <= 0:
+                return
+            self.arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(left):
+                    await self.arrived.wait()
+
+    def _arrival(self, pod: Pod) -> None:
+        log.info("pod bound to the node during its drain", extra={"node": self.report.node, "pod": pod.key})
+        self._take([pod])
+        self.arrived.set()
+
+    def _take(self, pods: list[Pod]) -> None:
+        assert self.group is not None and self.watcher is not None
+        selection = select(pods, self.options)
+        for pod in pods:
+            self.watcher.seen(pod)
+        self.report.skipped.extend(pod.key for pod in selection.skipped)
+        self.report.blocked.update({pod.key: reason for pod, reason in selection.refused})
+        for pod in (*selection.evict, *selection.wait_only):
+            self.watcher.gone(pod.uid)  # registered before any event about it can come
+            self.pending[pod.uid] = (pod.key, "eviction not yet accepted")
+            self.working.add(pod.uid)
+            self.removals.append(self.group.create_task(self._remove(pod, wait_only=pod in selection.wait_only)))
+
+    def _note(self, pod: Pod, why: str) -> None:
+        self.pending[pod.uid] = (pod.key, why)
+
+    async def _remove(self, pod: Pod, wait_only: bool) -> None:
+        assert self.watcher is not None
+        result = "waiting" if wait_only else await self._evict(pod)
+        if result == "refused":
+            self.working.discard(pod.uid)
+            return  # stays in `pending` with its reason
+        if result in ("evicted", "forced"):
+            self.report.evicted.append(pod.key)
+        if result != "gone" and not pod.finished:
+            self._note(pod, "terminating")
+            await self.watcher.gone(pod.uid).wait()
+        self.pending.pop(pod.uid, None)
+        self.working.discard(pod.uid)
+
+    async def _evict(self, pod: Pod) -> Literal["evicted", "forced", "gone", "refused"]:
+        """Evict (or, near the deadline if allowed, delete) until accepted; "refused" when it never can be."""
+        window = self.options.force_delete_before_deadline_seconds
+        budgets = self.budgets
+        attempt = 0
+        budget: BudgetKey | None = budgets.covering(pod.namespace, dict(pod.labels))
+        blocker = ""  # what kept the last attempt from succeeding, for the report of a forced delete
+        while True:
+            try:
+                if window > 0 and attempt > 0 and self.due.seconds_left() <= window:
+                    async with self.evictions:
+                        await self.api.delete(pod, clamp_grace(pod.grace_seconds, self.due.seconds_left()))
+                    metrics.EVICTIONS.labels(result="force_deleted").inc()
+                    self.report.forced[pod.key] = f"force-deleted before the deadline; {blocker}"
+                    log.warning("pod force-deleted", extra={"node": self.report.node, "pod": pod.key, "why": blocker})
+                    return "forced"
+                if budget is not None:
+                    self._note(pod, f"waiting for {_budget_name(budget)} to allow a disruption")
+                async with contextlib.AsyncExitStack() as held:
+                    turn = budgets.turn(budget, (self.due.at, self.number), BUDGET_PATIENCE_SECONDS)
+                    if not await self._wait_for(turn, held, window):
+                        # The force-delete time came while the budget had no room.
+                        blocker = f"{_budget_name(budget)} allowed no disruption"
+                        attempt += 1
+                        continue
+                    self._note(pod, "eviction not yet accepted")
+                    async with self.evictions:
+                        await self.api.evict(pod, clamp_grace(pod.grace_seconds, self.due.seconds_left()))
+                metrics.EVICTIONS.labels(result="evicted").inc()
+                return "evicted"
+            except ApiError as exc:
+                if exc.status in (404, 409):
+                    metrics.EVICTIONS.labels(result="gone").inc()
+                    return "gone"
+                if exc.status == 500 and "more than one PodDisruptionBudget" in exc.body:
+                    metrics.EVICTIONS.labels(result="multiple_pdbs").inc()
+                    self._note(pod, "covered by more than one PodDisruptionBudget")
+                    return "refused"  # the API server will never evict it: stop asking
+                if exc.status == 429:
+                    metrics.EVICTIONS.labels(result="pdb_blocked").inc()
+                    refusing = _REFUSING_BUDGET.search(exc.body)
+                    if refusing:
+                        budget = (pod.namespace, refusing.group(1))
+                    name = _budget_name(budget) if budget is not None else "a PodDisruptionBudget"
+                    self._note(pod, f"{name} allows no disruption (429)")
+                    blocker = f"{name} allowed no disruption"
+                    if refusing and budgets.active:
+                        # The budget's next status change is what to wait for: a short pause covers a watch that
+                        # has not yet seen the refusal, then `turn` waits for room.
+                        initial = self.options.retry_initial_seconds
+                        await self._pause(random.uniform(initial / 2, initial), window)
+                        attempt += 1
+                        continue
                 else:
-                    await api.evict(pod, grace)
-            metrics.EVICTIONS.labels(result="force_deleted" if force else "evicted").inc()
-            return "evicted"
-        except ApiError as exc:
-            if exc.status in (404, 409):
-                metrics.EVICTIONS.labels(result="gone").inc()
-                return "gone"
-            if exc.status == 500 and "more than one PodDisruptionBudget" in exc.body:
-                metrics.EVICTIONS.labels(result="multiple_pdbs").inc()
-                pending[pod.key] = "covered by more than one PodDisruptionBudget"
-                return "refused"  # the API server will never evict it: stop asking
-            if exc.status == 429:
-                metrics.EVICTIONS.labels(result="pdb_blocked").inc()
-                pending[pod.key] = "a PodDisruptionBudget allows no disruption (429)"
-                refusing = _REFUSING_BUDGET.search(exc.body)
-                if refusing and budgets.active:
-                    # The budget's next status change is what to wait for: a short pause covers a watch that
-                    # has not yet seen the refusal, then `turn` waits for room.
-                    budget = (pod.namespace, refusing.group(1))
-                    await asyncio.sleep(
-                        random.uniform(options.retry_initial_seconds / 2, options.retry_initial_seconds)
-                    )
-                    attempt += 1
-                    continue
-            else:
+                    metrics.EVICTIONS.labels(result="error").inc()
+                    self._note(pod, f"eviction failed: {exc.status} {exc.reason}")
+                    blocker = f"eviction failed: {exc.status} {exc.reason}"
+                await self._pause(backoff(attempt, self.options, exc.retry_after), window)
+            except SpotqError as exc:
                 metrics.EVICTIONS.labels(result="error").inc()
-                pending[pod.key] = f"eviction failed: {exc.status} {exc.reason}"
-            await asyncio.sleep(backoff(attempt, options, exc.retry_after))
-        except SpotqError as exc:
-            metrics.EVICTIONS.labels(result="error").inc()
-            pending[pod.key] = f"eviction failed: {exc}"[:200]
-            await asyncio.sleep(backoff(attempt, options, None))
-        attempt += 1
+                blocker = f"eviction failed: {exc}"[:200]
+                self._note(pod, blocker)
+                await self._pause(backoff(attempt, self.options, None), window)
+            attempt += 1
+
+    async def _wait_for(
+        self, turn: AbstractAsyncContextManager[None], held: contextlib.AsyncExitStack, window: float
+    ) -> bool:
+        """Enter the budget's turn (held in `held` while the eviction runs); False if the force-delete time came
+        first. Only the wait is bounded: once admitted, the eviction request runs to its answer."""
+        if window <= 0:
+            await held.enter_async_context(turn)
+            return True
+        try:
+            async with self.due.timeout(before=window):
+                await held.enter_async_context(turn)
+        except TimeoutError:
+            return False
+        return True
+
+    async def _pause(self, seconds: float, window: float) -> None:
+        """Sleep between attempts, ending early when the force-delete time comes."""
+        if window <= 0:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with self.due.timeout(before=window):
+                await asyncio.sleep(seconds)
+
+
+def _budget_name(budget: BudgetKey | None) -> str:
+    return f"PodDisruptionBudget {budget[0]}/{budget[1]}" if budget is not None else "a PodDisruptionBudget"

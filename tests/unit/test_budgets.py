@@ -177,3 +177,24 @@ async def test_a_drain_cancelled_as_its_turn_comes_is_still_cancelled() -> None:
     assert entered == []
     async with asyncio.timeout(1), budgets.turn(("app", "web"), (1.0, 1), patience=5):
         pass  # the room went to the next pod
+
+
+async def test_a_drain_whose_deadline_moved_earlier_moves_up_the_queue() -> None:
+    budgets = Budgets()
+    budgets.active = True
+    budgets.update(pdb("web", 0))
+    order: list[str] = []
+
+    async def evict(pod: str, rank: tuple[float, int]) -> None:
+        async with budgets.turn(("app", "web"), rank, patience=5):
+            order.append(pod)
+
+    tasks = [asyncio.create_task(evict("soon", (10.0, 1))), asyncio.create_task(evict("moved", (30.0, 2)))]
+    await asyncio.sleep(0.01)
+    budgets.reorder(2, 5.0)  # drain 2 now ends at 5.0, before drain 1
+    budgets.update(pdb("web", 1))
+    await asyncio.sleep(0.01)
+    assert order == ["moved"]
+    budgets.update(pdb("web", 1))
+    await asyncio.gather(*tasks)
+    assert order == ["moved", "soon"]

@@ -1,22 +1,58 @@
-"""Drain decisions: kubectl drain's filters, 429 back-off, Retry-After, the deadline, grace clamping."""
+"""Drain decisions: kubectl drain's filters, 429 back-off, Retry-After, the deadline (and moving it earlier), grace
+clamping, pods that arrive during the drain, force-deleting before the deadline."""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
 from spotq import draining
-from spotq.draining import DrainOptions, Pod
+from spotq.budgets import Budgets
+from spotq.draining import DrainDeadline, DrainOptions, Pod
 from spotq.errors import ApiError
 from tests.fakes import FakePods
 
-FAST = DrainOptions(retry_initial_seconds=0.02, retry_max_seconds=0.1)
+FAST = DrainOptions(retry_initial_seconds=0.02, retry_max_seconds=0.1, settle_seconds=0.0)
 
 
-async def run(pods: FakePods, seconds: float = 5.0, options: DrainOptions = FAST) -> draining.DrainReport:
-    deadline = asyncio.get_running_loop().time() + seconds
-    return await draining.drain("n1", deadline, pods, options, asyncio.Semaphore(100))
+async def run(
+    pods: FakePods,
+    seconds: float | DrainDeadline = 5.0,
+    options: DrainOptions = FAST,
+    budgets: Budgets | None = None,
+) -> draining.DrainReport:
+    deadline = seconds if isinstance(seconds, DrainDeadline) else asyncio.get_running_loop().time() + seconds
+    return await draining.drain("n1", deadline, pods, options, asyncio.Semaphore(100), budgets)
+
+
+def web_budget(allowed: int, version: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"namespace": "ns", "name": "web", "generation": 1, "resourceVersion": str(version)},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}},
+        "status": {"disruptionsAllowed": allowed, "observedGeneration": 1},
+    }
+
+
+@dataclass
+class ArrivingPods(FakePods):
+    """When `trigger` is first evicted, `arrivals` are bound to its node (as a scheduler or controller would)."""
+
+    trigger: str = ""
+    arrivals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    evicted: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def evict(self, pod: Pod, grace_seconds: int | None) -> None:
+        self.evicted.set()
+        try:
+            await super().evict(pod, grace_seconds)
+        finally:
+            if pod.name == self.trigger:
+                self.trigger = ""
+                for name, fields in self.arrivals:
+                    self.arrive("n1", name, **fields)
 
 
 def test_selection_follows_kubectl_drain() -> None:
@@ -40,9 +76,10 @@ def test_selection_follows_kubectl_drain() -> None:
 
 
 @pytest.mark.parametrize(
-    ("pod_grace", "left", "expected"), [(30, 100.0, None), (30, 20.0, 19), (600, 10.5, 9), (5, 0.2, 0)]
+    ("pod_grace", "left", "expected"), [(30, 100.0, None), (30, 20.0, 19), (600, 10.5, 9), (5, 0.2, 1), (0, 0.2, None)]
 )
 def test_grace_is_clamped_to_end_before_the_deadline(pod_grace: int, left: float, expected: int | None) -> None:
+    # Never below 1 s: 0 would remove the pod from the API at once while its containers may still run.
     assert draining.clamp_grace(pod_grace, left) == expected
 
 
@@ -96,7 +133,7 @@ async def test_deadline_stops_the_drain_and_names_the_blocker() -> None:
     report = await run(pods, seconds=0.5)
     assert report.timed_out and not report.complete
     assert report.evicted == ["ns/web-0"]
-    assert "PodDisruptionBudget" in report.blocked["ns/db-0"]
+    assert report.blocked["ns/db-0"] == "PodDisruptionBudget ns/db allows no disruption (429)"
 
 
 async def test_long_grace_is_shortened_to_fit_the_deadline() -> None:
@@ -154,3 +191,108 @@ async def test_force_delete_is_off_by_default() -> None:
     report = await run(pods, seconds=0.5)
     assert not any(c[0] == "delete" for c in pods.calls)
     assert report.timed_out
+
+
+async def test_pods_bound_to_the_node_during_the_drain_are_evicted_too() -> None:
+    pods = ArrivingPods(
+        trigger="web-0",
+        arrivals=[("late", {}), ("agent", {"controller_kind": "DaemonSet"})],
+        recreate={"db-0"},  # a StatefulSet puts db-0 back (same name, new UID)
+        delete_delay_seconds=0.05,
+    )
+    pods.add("n1", "web-0")
+    pods.add("n1", "db-0", controller_kind="StatefulSet")
+    report = await run(pods)
+    assert report.complete
+    assert sorted(report.evicted) == ["ns/db-0", "ns/db-0", "ns/late", "ns/web-0"]
+    assert report.skipped == ["ns/agent"]
+    assert [pod.name for node, pod, _ in pods.pods.values() if node == "n1"] == ["agent"]
+    assert [verb for verb, _, _ in pods.calls].count("list") == 1  # seen on the watch, not by listing again
+
+
+async def test_the_drain_keeps_watching_for_settle_seconds_before_it_reports_complete() -> None:
+    pods = FakePods()
+    pods.add("n1", "agent", controller_kind="DaemonSet")
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.1, pods.arrive, "n1", "bound-before-the-taint")
+    start = loop.time()
+    report = await run(pods, options=DrainOptions(retry_initial_seconds=0.02, settle_seconds=0.4))
+    assert report.complete and report.evicted == ["ns/bound-before-the-taint"]
+    assert loop.time() - start >= 0.4
+    assert "uid-bound-before-the-taint" not in pods.pods
+
+
+async def test_settling_ends_at_the_deadline_without_calling_an_empty_node_timed_out() -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    report = await run(FakePods(), seconds=0.2, options=DrainOptions(settle_seconds=5.0))
+    assert report.complete and not report.timed_out
+    assert loop.time() - start < 1.0
+
+
+async def test_force_delete_fires_on_time_while_a_busy_budget_never_has_room() -> None:
+    budgets = Budgets()
+    budgets.active = True
+    budgets.update(web_budget(0))
+    pods = FakePods(budgets={"web": 0})
+    pods.add("n1", "web-0", group="web", labels=(("app", "web"),))
+
+    async def status_keeps_changing() -> None:
+        for version in range(2, 1000):  # progress, never room: the waiter's patience never runs out
+            await asyncio.sleep(0.1)
+            budgets.update(web_budget(0, version))
+
+    options = DrainOptions(force_delete_before_deadline_seconds=1.0, settle_seconds=0.0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 1.5
+    churn = asyncio.create_task(status_keeps_changing())
+    try:
+        report = await run(pods, DrainDeadline(deadline), options, budgets)
+    finally:
+        churn.cancel()
+    force_at = deadline - 1.0
+    (deleted_at,) = pods.delete_times
+    assert force_at <= deleted_at < force_at + 0.3
+    (grace,) = [grace for verb, _, grace in pods.calls if verb == "delete"]
+    assert grace is not None and grace >= 1
+    assert report.complete and report.evicted == ["ns/web-0"]
+    assert report.forced == {
+        "ns/web-0": "force-deleted before the deadline; PodDisruptionBudget ns/web allowed no disruption"
+    }
+    assert pods.evictions_of("web-0") == []  # the budget never had room: the API server was not asked
+
+
+async def test_a_deadline_moved_earlier_ends_the_running_drain_then() -> None:
+    pods = ArrivingPods(budgets={"db": 0})
+    pods.add("n1", "db-0", group="db")
+    loop = asyncio.get_running_loop()
+    deadline = DrainDeadline(loop.time() + 30)
+    drain = asyncio.create_task(run(pods, deadline))
+    await pods.evicted.wait()
+    assert not deadline.move_earlier(loop.time() + 60)  # never later
+    earlier = loop.time() + 0.2
+    assert deadline.move_earlier(earlier) and deadline.at == earlier
+    async with asyncio.timeout(2):
+        report = await drain
+    assert report.timed_out and "ns/db-0" in report.blocked
+    assert earlier <= loop.time() < earlier + 0.5
+
+
+async def test_a_moved_deadline_moves_the_force_delete_and_the_grace() -> None:
+    pods = ArrivingPods(budgets={"db": 0})
+    pods.add("n1", "db-0", group="db", grace_seconds=600)
+    options = DrainOptions(retry_initial_seconds=0.02, force_delete_before_deadline_seconds=1.0, settle_seconds=0.0)
+    loop = asyncio.get_running_loop()
+    deadline = DrainDeadline(loop.time() + 300)
+    drain = asyncio.create_task(run(pods, deadline, options))
+    await pods.evicted.wait()
+    deadline.move_earlier(loop.time() + 3.3)
+    async with asyncio.timeout(5):
+        report = await drain
+    (deleted_at,) = pods.delete_times
+    assert deadline.at - 1.0 <= deleted_at < deadline.at - 0.7
+    assert [grace for verb, _, grace in pods.calls if verb == "delete"] == [1]  # ends before the moved deadline
+    assert report.complete
+    assert (
+        report.forced["ns/db-0"] == "force-deleted before the deadline; PodDisruptionBudget ns/db allowed no disruption"
+    )

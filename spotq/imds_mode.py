@@ -1,31 +1,34 @@
 """IMDS mode (`spotq imds`): a pod on each Spot node polls that node's instance metadata and acts on its own node.
 
 poll IMDS → typed notice (the kinds queue mode uses, source "imds") → planning.plan → Actor.act, once per notice.
-Parsing the metadata documents is pure; the Watcher owns the polling loop and what was already acted on;
-`run_imds_mode` wires both to the core every mode shares (app.open_core).
+Parsing the metadata documents is pure (spotq.parsing_imds); the Watcher owns the polling loop and what was already
+acted on; `run_imds_mode` wires both to the core every mode shares (app.open_core).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from datetime import datetime
+from typing import Literal, Protocol
 
 import aiohttp
 from prometheus_client import Counter, Gauge
 
-from spotq import app, clock, notices, planning, plans
+from spotq import app, clock, notices, parsing, planning, plans
 from spotq.aws.imds import ImdsClient, ImdsConfig, ImdsError
 from spotq.draining import DrainReport
 from spotq.errors import PermanentError, TransientError
 from spotq.kube.nodes import NodeRef
 from spotq.notices import InstanceId, Notice
 from spotq.observability import logs, metrics
+from spotq.parsing_imds import (  # the names tests and callers use: imds_mode.parse_*
+    parse_instance_action,
+    parse_rebalance,
+    parse_scheduled_maintenance,
+)
 from spotq.settings import Settings
 
 log = logs.get("spotq.imds")
@@ -35,8 +38,6 @@ REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
 SCHEDULED_MAINTENANCE_PATH = "/latest/meta-data/events/maintenance/scheduled"
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 
-SPOT_ACTIONS = frozenset({"terminate", "stop", "hibernate"})
-_INSTANCE_ID = re.compile(r"^i-[0-9a-f]{8,17}$")
 # While IMDS keeps failing, repeat the warning this often rather than on every poll.
 _FAILURE_LOG_EVERY_SECONDS = 60.0
 
@@ -59,69 +60,7 @@ REACHABLE = Gauge(
 )
 
 
-# -- What the metadata documents mean (pure) ----------------------------------------------------------------------
-
-
-def parse_instance_action(body: str, instance_id: InstanceId | None = None) -> list[Notice]:
-    """`{"action": "terminate", "time": "..."}`: the action happens at `time`, which is the deadline itself."""
-    doc = _json(body)
-    if not isinstance(doc, dict):
-        return [_malformed("instance-action is not a JSON object", instance_id)]
-    action, when = doc.get("action"), _rfc3339(doc.get("time"))
-    if action not in SPOT_ACTIONS:
-        return [_malformed(f"instance-action has unknown action {action!r}", instance_id)]
-    if when is None:
-        return [_malformed(f"instance-action has no valid time: {doc.get('time')!r}", instance_id)]
-    return [
-        notices.SpotInterruption(
-            event_id=f"imds-{when:%Y%m%dT%H%M%SZ}",
-            instance_ids=_ids(instance_id),
-            deadline=when,
-            action=action,
-            source="imds",
-        )
-    ]
-
-
-def parse_rebalance(body: str, instance_id: InstanceId | None = None) -> list[Notice]:
-    """`{"noticeTime": "..."}`: a recommendation with no deadline of its own."""
-    doc = _json(body)
-    when = _rfc3339(doc.get("noticeTime")) if isinstance(doc, dict) else None
-    if when is None:
-        return [_malformed("rebalance recommendation has no valid noticeTime", instance_id)]
-    return [
-        notices.RebalanceRecommendation(
-            event_id=f"imds-{when:%Y%m%dT%H%M%SZ}", event_time=when, instance_ids=_ids(instance_id), source="imds"
-        )
-    ]
-
-
-def parse_scheduled_maintenance(body: str, instance_id: InstanceId | None = None) -> list[Notice]:
-    """A list of events; only `active` ones are pending (completed and canceled ones stay listed a while)."""
-    doc = _json(body)
-    if not isinstance(doc, list):
-        return [_malformed("scheduled maintenance is not a JSON list", instance_id)]
-    found: list[Notice] = []
-    for event in doc:
-        if not isinstance(event, dict):
-            found.append(_malformed("scheduled maintenance entry is not an object", instance_id))
-            continue
-        if str(event.get("State", "")).lower() != "active":
-            continue
-        event_id, not_before = event.get("EventId"), _imds_time(event.get("NotBefore"))
-        if not isinstance(event_id, str) or not event_id or not_before is None:
-            found.append(_malformed("scheduled maintenance event lacks EventId or a valid NotBefore", instance_id))
-            continue
-        found.append(
-            notices.ScheduledChange(
-                event_id=event_id,
-                instance_ids=_ids(instance_id),
-                deadline=not_before,
-                event_type_code=str(event.get("Code", "")),
-                source="imds",
-            )
-        )
-    return found
+# -- What makes a notice the same one -----------------------------------------------------------------------------
 
 
 def identity(notice: Notice) -> str:
@@ -133,41 +72,6 @@ def identity(notice: Notice) -> str:
     if isinstance(notice, notices.ScheduledChange):
         return f"{notice.kind.value}/{notice.event_id}"
     return notice.kind.value
-
-
-def _json(body: str) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
-
-
-def _rfc3339(value: object) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _imds_time(value: object) -> datetime | None:
-    """Maintenance events say `21 Jan 2019 09:00:43 GMT`; accept RFC 3339 too."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return datetime.strptime(value, "%d %b %Y %H:%M:%S GMT").replace(tzinfo=UTC)
-    except ValueError:
-        return _rfc3339(value)
-
-
-def _ids(instance_id: InstanceId | None) -> tuple[InstanceId, ...]:
-    return (instance_id,) if instance_id else ()
-
-
-def _malformed(reason: str, instance_id: InstanceId | None) -> Notice:
-    return notices.Malformed(reason=reason, instance_ids=_ids(instance_id), source="imds")
 
 
 @dataclass(frozen=True)
@@ -337,7 +241,7 @@ class Watcher:
         body = await self._read(Watch("instance_id", INSTANCE_ID_PATH, lambda _body, _id: []))
         self._instance_checked = True
         value = (body or "").strip()
-        if _INSTANCE_ID.match(value):
+        if parsing.is_instance_id(value):
             self._instance_id = InstanceId(value)
 
     def _accept(self, found: list[Notice]) -> list[tuple[str, _Handled]]:

@@ -70,13 +70,14 @@ def test_rebalance_recommendation_has_no_deadline() -> None:
     assert isinstance(imds_mode.parse_rebalance("{}")[0], notices.Malformed)
 
 
-def test_scheduled_maintenance_active_events_only() -> None:
+def test_scheduled_maintenance_events_with_their_status() -> None:
     (notice,) = imds_mode.parse_scheduled_maintenance(sample("maintenance-scheduled.json"), INSTANCE)
     assert isinstance(notice, notices.ScheduledChange)
     assert notice.event_id == "instance-event-0d59937288b749b32" and notice.event_type_code == "system-reboot"
     assert notice.deadline == datetime(2019, 1, 21, 9, 0, 43, tzinfo=UTC)
     canceled = sample("maintenance-scheduled.json").replace('"active"', '"canceled"')
-    assert imds_mode.parse_scheduled_maintenance(canceled) == []
+    (ended,) = imds_mode.parse_scheduled_maintenance(canceled)
+    assert isinstance(ended, notices.ScheduledChange) and ended.cancelled_or_closed
     assert imds_mode.parse_scheduled_maintenance("[]") == []
     # ec2-metadata-mock writes days without a leading zero.
     (mock,) = imds_mode.parse_scheduled_maintenance(

@@ -10,7 +10,7 @@ import re
 import sys
 from collections.abc import Callable, Coroutine, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import pydantic
 
@@ -112,24 +112,52 @@ def aws_region(configured: str | None, queue_url: str, environ: Mapping[str, str
     return match.group(1) if match else None
 
 
+# `spotq explain` exits 0 once the body is classified (whatever its kind), 1 when it cannot be read, 2 on a wrong
+# setting, and this when spotq itself failed (a bug to report, never a verdict on the body).
+EXIT_INTERNAL_ERROR = 3
+
+
 def explain(path: str, settings: Settings) -> int:
     """Classify one body and print what the current settings would do with it."""
+    # One byte over the limit is enough to call the body too large; never hold more than that.
+    limit = parsing.MAX_BODY_BYTES + 1
     try:
         if path == "-":
-            body: bytes = sys.stdin.buffer.read()
+            body: bytes = _read_at_most(sys.stdin.buffer, limit)
         else:
             with open(path, "rb") as handle:
-                body = handle.read()
+                body = _read_at_most(handle, limit)
     except OSError as exc:
         print(f"spotq: cannot read {path}: {exc.strerror}", file=sys.stderr)
         return 1
-    notice = parsing.parse(body)
     try:
-        print(json.dumps(describe_notice(notice, settings), indent=2), flush=True)
+        description = describe_notice(parsing.parse(body), settings)
+    except Exception as exc:
+        error = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        print(
+            f"spotq: internal error while classifying the body (a bug in spotq, please report it): {error}",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL_ERROR
+    try:
+        print(json.dumps(description, indent=2), flush=True)
     except BrokenPipeError:
         # `spotq explain f | head`: the reader left; not an error worth a traceback.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def _read_at_most(stream: BinaryIO, limit: int) -> bytes:
+    """Up to `limit` bytes: a pipe may hand them over in several reads."""
+    chunks: list[bytes] = []
+    left = limit
+    while left > 0:
+        chunk = stream.read(left)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
 
 
 def describe_notice(notice: notices.Notice, settings: Settings) -> dict[str, Any]:
@@ -153,6 +181,8 @@ def describe_notice(notice: notices.Notice, settings: Settings) -> dict[str, Any
         out["instance_action"] = notice.action
     if isinstance(notice, notices.StateChange):
         out["state"] = notice.state
+    if isinstance(notice, notices.ScheduledChange):
+        out["status"] = notice.status
     if isinstance(notice, notices.LifecycleTerminate | notices.LifecycleLaunch):
         out["lifecycle_hook"] = {
             "auto_scaling_group": notice.hook.group_name,
@@ -195,7 +225,9 @@ def _parser() -> argparse.ArgumentParser:
     explain_parser = sub.add_parser(
         "explain",
         help="classify one message body and print what would be done (no AWS, no cluster)",
-        description="Read one SQS message body (file or '-' for stdin) and print its classification as JSON.",
+        description="Read one SQS message body (file or '-' for stdin) and print its classification as JSON. "
+        "Exit status: 0 classified (whatever the kind), 1 unreadable file, 2 wrong setting, "
+        f"{EXIT_INTERNAL_ERROR} internal error (a bug in spotq).",
     )
     explain_parser.add_argument("file", nargs="?", default="-", help="message body file, or - for stdin")
     return parser

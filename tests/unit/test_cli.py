@@ -142,3 +142,64 @@ def test_explain_into_a_closed_pipe_is_quiet() -> None:
         f"{sys.executable} -m spotq explain {body} | head -c 1", shell=True, capture_output=True, text=True, timeout=60
     )
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_explain_times_at_the_ends_of_the_calendar_are_malformed_not_a_traceback() -> None:
+    body = json.loads((EVENTS / "eventbridge/spot-interruption-warning.json").read_text())
+    for time in ("9999-12-31T23:59:59Z", "0001-01-01T00:00:00+01:00"):
+        body["time"] = time
+        result = spotq("explain", "-", stdin=json.dumps(body))
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        out = json.loads(result.stdout)
+        assert out["kind"] == "malformed" and "'time'" in out["reason"]
+
+
+def test_explain_shows_a_health_event_status() -> None:
+    result = spotq("explain", str(EVENTS / "eventbridge/health-scheduled-change.json"))
+    assert json.loads(result.stdout)["status"] == "upcoming"
+
+
+def test_explain_an_internal_error_is_one_line_and_its_own_exit_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from spotq import cli, notices
+    from spotq.settings import Settings
+
+    def broken(event_time: object, action: str) -> object:
+        raise RuntimeError("bug in spotq\nsecond line")
+
+    monkeypatch.setattr(notices, "spot_deadline", broken)
+    code = cli.explain(str(EVENTS / "eventbridge/spot-interruption-warning.json"), Settings())
+    captured = capsys.readouterr()
+    assert code == cli.EXIT_INTERNAL_ERROR and code not in (0, 1, 2)
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert "internal error" in captured.err and "RuntimeError: bug in spotq" in captured.err
+
+
+class EndlessStdin:
+    """A stdin that never ends: reading it all would never return."""
+
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            raise AssertionError("explain read all of stdin")
+        self.asked.append(size)
+        return b" " * size
+
+
+def test_explain_reads_at_most_one_byte_over_the_limit_from_stdin(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from types import SimpleNamespace
+
+    from spotq import cli, parsing
+    from spotq.settings import Settings
+
+    endless = EndlessStdin()
+    monkeypatch.setattr(sys, "stdin", SimpleNamespace(buffer=endless))
+    assert cli.explain("-", Settings()) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "malformed" and f"more than {parsing.MAX_BODY_BYTES} bytes" in out["reason"]
+    assert sum(endless.asked) == parsing.MAX_BODY_BYTES + 1

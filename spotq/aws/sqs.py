@@ -17,6 +17,8 @@ log = logging.getLogger(__name__)
 
 # SQS takes at most ten entries per batch call and returns at most ten messages per receive.
 BATCH = 10
+# Per-entry error codes saying a receipt no longer holds its message (deleted, or its visibility lapsed).
+_GONE = ("ReceiptHandleIsInvalid", "MessageNotInflight")
 
 
 class Queue:
@@ -52,37 +54,43 @@ class Queue:
         return deliveries
 
     async def delete(self, receipts: Sequence[str]) -> list[str]:
-        """Delete in batches; returns the receipts that failed (the caller retries or lets them return)."""
+        """Delete in batches; returns the receipts to try again (a receipt SQS calls invalid is over, not returned)."""
+        return await self._batches("delete_message_batch", "delete", receipts, {})
+
+    async def change_visibility(self, receipts: Sequence[str], seconds: int) -> list[str]:
+        """Set visibility in batches (0 hands the message back); returns the receipts to try again, as `delete`."""
+        return await self._batches(
+            "change_message_visibility_batch", "visibility", receipts, {"VisibilityTimeout": seconds}
+        )
+
+    async def _batches(self, operation: str, what: str, receipts: Sequence[str], fields: dict[str, int]) -> list[str]:
         failed: list[str] = []
         for start in range(0, len(receipts), BATCH):
             chunk = receipts[start : start + BATCH]
-            entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(chunk)]
+            entries = [{"Id": str(i), "ReceiptHandle": r, **fields} for i, r in enumerate(chunk)]
             try:
-                reply = await self._client.delete_message_batch(QueueUrl=self.url, Entries=entries)
+                reply = await getattr(self._client, operation)(QueueUrl=self.url, Entries=entries)
             except (ClientError, BotoCoreError) as exc:
-                metrics.API_ERRORS.labels(api="sqs", operation="delete_message_batch").inc()
-                log.warning("delete batch failed", extra={"error": str(exc)[:200], "messages": len(chunk)})
+                metrics.API_ERRORS.labels(api="sqs", operation=operation).inc()
+                metrics.SQS_RECEIPTS_FAILED.labels(operation=operation, reason="error").inc(len(chunk))
+                log.warning(f"{what} batch failed", extra={"error": str(exc)[:200], "messages": len(chunk)})
                 failed.extend(chunk)
                 continue
             for entry in reply.get("Failed", []):
-                metrics.API_ERRORS.labels(api="sqs", operation="delete_message_batch").inc()
+                metrics.API_ERRORS.labels(api="sqs", operation=operation).inc()
+                code = str(entry.get("Code", ""))
+                if code.endswith(_GONE):
+                    # Deleted, or visible again for someone else: no retry of this receipt can help.
+                    metrics.SQS_RECEIPTS_FAILED.labels(operation=operation, reason="gone").inc()
+                    log.info(f"{what}: receipt gone", extra={"code": code})
+                    continue
+                metrics.SQS_RECEIPTS_FAILED.labels(operation=operation, reason="error").inc()
+                log.warning(f"{what}: entry failed", extra={"code": code, "error": str(entry.get("Message"))[:200]})
                 failed.append(chunk[int(entry["Id"])])
         return failed
 
-    async def change_visibility(self, receipts: Sequence[str], seconds: int) -> None:
-        for start in range(0, len(receipts), BATCH):
-            chunk = receipts[start : start + BATCH]
-            entries = [{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": seconds} for i, r in enumerate(chunk)]
-            try:
-                reply = await self._client.change_message_visibility_batch(QueueUrl=self.url, Entries=entries)
-            except (ClientError, BotoCoreError) as exc:
-                metrics.API_ERRORS.labels(api="sqs", operation="change_message_visibility_batch").inc()
-                log.warning("visibility batch failed", extra={"error": str(exc)[:200], "messages": len(chunk)})
-                continue
-            for _ in reply.get("Failed", []):
-                metrics.API_ERRORS.labels(api="sqs", operation="change_message_visibility_batch").inc()
-
     async def reachable(self) -> bool:
+        """One GetQueueAttributes; the caller bounds it in time (the SDK would retry for minutes)."""
         try:
             await self._client.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
         except (ClientError, BotoCoreError):

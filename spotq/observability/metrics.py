@@ -48,3 +48,21 @@ NODES_INDEXED = Gauge("spotq_nodes_indexed", "Nodes in the instance→node index
 LIFECYCLE_COMPLETIONS = Counter(
     "spotq_lifecycle_completions", "Lifecycle actions completed, by result.", ["result"], registry=REGISTRY
 )
+SQS_RECEIPTS_FAILED = Counter(
+    "spotq_sqs_receipts_failed",
+    "Receipts a batch delete or visibility change did not apply, by operation and reason: error (tried again) or "
+    "gone (the receipt no longer holds its message: nothing to retry).",
+    ["operation", "reason"],
+    registry=REGISTRY,
+)
+DELETES_PENDING = Gauge(
+    "spotq_deletes_pending",
+    "Finished messages whose delete SQS has not confirmed yet (kept invisible and retried).",
+    registry=REGISTRY,
+)
+MESSAGES_RELEASED_ON_STOP = Counter(
+    "spotq_messages_released_on_stop",
+    "Messages handed back to the queue on stop: unfinished work, or received while stopping.",
+    ["reason"],
+    registry=REGISTRY,
+)

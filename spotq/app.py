@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from botocore.exceptions import BotoCoreError, ClientError
 
 from spotq import acting, handling, planning, selectors
+from spotq.acknowledging import Acknowledger
 from spotq.aws import session
 from spotq.aws.autoscaling import Lifecycle
 from spotq.aws.ec2 import InstanceLookup
@@ -111,7 +112,6 @@ async def run_queue_mode(
     assert settings.queue.url is not None
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
-    loop = asyncio.get_running_loop()
     async with AsyncExitStack() as stack:
         sqs = await session.open_client(stack, "sqs", settings.aws)
         ec2 = session.LazyClient(stack, "ec2", settings.aws)
@@ -128,16 +128,17 @@ async def run_queue_mode(
             dry_run=settings.policy.dry_run,
         )
         dispatcher = Dispatcher(
-            queue, handler.handle, settings.queue, stop_grace_seconds=settings.queue.stop_grace_seconds
+            queue,
+            handler.handle,
+            settings.queue,
+            stop_grace_seconds=settings.queue.stop_grace_seconds,
+            acknowledger=Acknowledger(queue, settings.queue),
         )
 
         async def ready() -> tuple[bool, str]:
             if not core.index.synced.is_set():
                 return False, "node index not synced"
-            last = dispatcher.state.last_receive_ok
-            if last is not None and loop.time() - last < settings.queue.wait_seconds + 15:
-                return True, "ok"
-            return (True, "ok") if await queue.reachable() else (False, "queue not reachable")
+            return await dispatcher.ready()
 
         port = await serve_probes(stack, settings, ready)
         log.info(

@@ -121,23 +121,42 @@ class FakePods:
 
 @dataclass
 class FakeQueue:
-    """An SQS-like queue: receive hands out visible messages with fresh receipt handles."""
+    """An SQS-like queue: receive hands out visible messages with fresh receipt handles.
+
+    Knobs for the queue's bad days: deletes that fail or take time, receives that fail or whose answer is held
+    back (SQS has already handed the messages out), a reachability check that hangs.
+    """
 
     bodies: list[tuple[str, str]] = field(default_factory=list)  # (message id, body) still in the queue
-    receipts: dict[str, str] = field(default_factory=dict)  # newest receipt → message id
+    receipts: dict[str, str] = field(default_factory=dict)  # receipt → message id
     deleted: list[str] = field(default_factory=list)  # message ids
+    deleted_receipts: list[str] = field(default_factory=list)
     visibility: list[tuple[str, int]] = field(default_factory=list)  # (message id, seconds)
     receive_sizes: list[int] = field(default_factory=list)
+    fail_deletes: int = 0  # this many delete calls fail (every receipt comes back as failed)
+    delete_calls: int = 0
+    delete_latency_seconds: float = 0.0
+    delete_started: asyncio.Event = field(default_factory=asyncio.Event)
+    fail_receives: bool = False
+    hold_answers: bool = False  # receive takes its messages, then waits for `answer` before returning them
+    receiving: asyncio.Event = field(default_factory=asyncio.Event)  # a receive call is under way
+    answer: asyncio.Event = field(default_factory=asyncio.Event)
+    reachable_hangs: bool = False
     _counter: int = 0
 
     def put(self, message_id: str, body: str) -> None:
         self.bodies.append((message_id, body))
 
     async def receive(self, max_messages: int, wait_seconds: int, visibility_seconds: int) -> list:  # type: ignore[type-arg]
+        from spotq.errors import TransientError
         from spotq.notices import Delivery
 
         self.receive_sizes.append(max_messages)
-        if not self.bodies:
+        self.receiving.set()
+        if self.fail_receives:
+            await asyncio.sleep(0.01)
+            raise TransientError("receive_message: connection refused")
+        if not self.bodies and not self.hold_answers:
             await asyncio.sleep(0.01)
             return []
         batch, self.bodies = self.bodies[:max_messages], self.bodies[max_messages:]
@@ -147,11 +166,27 @@ class FakeQueue:
             receipt = f"r{self._counter}-{message_id}"
             self.receipts[receipt] = message_id
             out.append(Delivery(message_id, body, receipt))
+        if self.hold_answers:
+            await self.answer.wait()
         return out
 
     async def delete(self, receipts: list[str]) -> list[str]:
+        self.delete_calls += 1
+        self.delete_started.set()
+        if self.delete_latency_seconds:
+            await asyncio.sleep(self.delete_latency_seconds)
+        if self.fail_deletes > 0:
+            self.fail_deletes -= 1
+            return list(receipts)
         self.deleted.extend(self.receipts[r] for r in receipts)
+        self.deleted_receipts.extend(receipts)
         return []
 
-    async def change_visibility(self, receipts: list[str], seconds: int) -> None:
+    async def change_visibility(self, receipts: list[str], seconds: int) -> list[str]:
         self.visibility.extend((self.receipts[r], seconds) for r in receipts)
+        return []
+
+    async def reachable(self) -> bool:
+        if self.reachable_hangs:
+            await asyncio.Event().wait()
+        return True

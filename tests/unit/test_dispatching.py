@@ -119,3 +119,129 @@ async def test_visibility_is_extended_while_work_runs() -> None:
     dispatcher = Dispatcher(queue, long, settings, stop_grace_seconds=1)
     await run_until(dispatcher, lambda: queue.deleted)
     assert ("long", 0.3) in queue.visibility
+
+
+async def test_a_message_that_finishes_during_stop_is_still_deleted() -> None:
+    queue = FakeQueue()
+    queue.put("late", "x")
+    stop = asyncio.Event()
+
+    async def finishes_once_stopping(delivery: Delivery) -> tuple[Notice, Outcome]:
+        await stop.wait()
+        return notices.Ignored(), Outcome.DONE
+
+    dispatcher = Dispatcher(queue, finishes_once_stopping, QueueSettings(), stop_grace_seconds=1)
+    task = asyncio.create_task(dispatcher.run(stop))
+    await queue.receiving.wait()
+    stop.set()
+    async with asyncio.timeout(3):
+        await task
+    assert queue.deleted == ["late"]
+
+
+async def test_stop_waits_for_the_delete_batch_in_progress() -> None:
+    queue = FakeQueue(delete_latency_seconds=0.05)  # SQS takes a moment to answer DeleteMessageBatch
+    queue.put("done", "done")
+    dispatcher = Dispatcher(queue, by_body, QueueSettings(), stop_grace_seconds=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    await queue.delete_started.wait()
+    stop.set()
+    async with asyncio.timeout(3):
+        await task
+    assert queue.deleted == ["done"]
+
+
+async def test_messages_a_receive_returns_after_stop_are_handed_back_at_once() -> None:
+    queue = FakeQueue(hold_answers=True)  # SQS has handed the messages out; its answer is on the way
+    queue.put("a", "done")
+    queue.put("b", "done")
+    handled: list[str] = []
+
+    async def record(delivery: Delivery) -> tuple[Notice, Outcome]:
+        handled.append(delivery.message_id)
+        return notices.Ignored(), Outcome.DONE
+
+    dispatcher = Dispatcher(queue, record, QueueSettings(receivers=1), stop_grace_seconds=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    await queue.receiving.wait()
+    stop.set()
+    queue.answer.set()
+    async with asyncio.timeout(3):
+        await task
+    assert sorted(queue.visibility) == [("a", 0), ("b", 0)]
+    assert handled == []
+    assert queue.deleted == []
+
+
+async def test_stop_is_prompt_when_the_queue_is_busy() -> None:
+    queue = FakeQueue()
+    for i in range(100):
+        queue.put(f"m{i}", "x")
+
+    async def never_finishes(delivery: Delivery) -> tuple[Notice, Outcome]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    settings = QueueSettings(max_in_flight_messages=4, receivers=3)
+    dispatcher = Dispatcher(queue, never_finishes, settings, stop_grace_seconds=0.1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    async with asyncio.timeout(3):
+        while len(dispatcher.state.in_flight) < 4:
+            await asyncio.sleep(0.01)
+    stop.set()
+    async with asyncio.timeout(1):
+        await task
+    assert len(queue.bodies) == 96  # nothing more received once stopping
+    assert sorted(m for m, seconds in queue.visibility if seconds == 0) == ["m0", "m1", "m2", "m3"]
+
+
+async def test_an_unconfirmed_delete_is_retried_while_its_message_is_kept_invisible() -> None:
+    queue = FakeQueue(fail_deletes=2)  # SQS unreachable for the first two DeleteMessageBatch calls
+    queue.put("m", "done")
+    settings = QueueSettings.model_construct(**{**QueueSettings().model_dump(), "visibility_timeout_seconds": 0.3})
+    dispatcher = Dispatcher(queue, by_body, settings, stop_grace_seconds=1)
+    await run_until(dispatcher, lambda: queue.deleted)
+    assert queue.deleted == ["m"]
+    assert queue.delete_calls == 3
+    assert ("m", 0.3) in queue.visibility  # its work had finished; the pending delete was kept invisible
+
+
+async def test_a_redelivery_while_the_delete_is_pending_is_not_worked_again_and_its_newest_receipt_deletes() -> None:
+    queue = FakeQueue(fail_deletes=1)
+    queue.put("m", "x")
+    handled: list[str] = []
+
+    async def record(delivery: Delivery) -> tuple[Notice, Outcome]:
+        handled.append(delivery.receipt_handle)
+        queue.put("m", "x")  # its visibility lapses meanwhile: SQS hands it out again
+        return notices.Ignored(), Outcome.DONE
+
+    dispatcher = Dispatcher(queue, record, QueueSettings(receivers=1), stop_grace_seconds=1)
+    await run_until(dispatcher, lambda: queue.deleted)
+    assert handled == ["r1-m"]
+    assert queue.deleted_receipts == ["r2-m"]
+
+
+async def test_failing_receives_make_the_queue_unready_at_once() -> None:
+    queue = FakeQueue(fail_receives=True)
+    dispatcher = Dispatcher(queue, by_body, QueueSettings(), stop_grace_seconds=1)
+    stop = asyncio.Event()
+    task = asyncio.create_task(dispatcher.run(stop))
+    async with asyncio.timeout(3):
+        while dispatcher.state.receive_failures == 0:
+            await asyncio.sleep(0.01)
+    assert await dispatcher.ready() == (False, "queue receive failing")
+    stop.set()
+    await task
+
+
+async def test_a_queue_that_hangs_is_unready_within_the_probe_timeout() -> None:
+    queue = FakeQueue(reachable_hangs=True)
+    dispatcher = Dispatcher(queue, by_body, QueueSettings(), stop_grace_seconds=1)
+    async with asyncio.timeout(1):
+        assert await dispatcher.ready(probe_timeout_seconds=0.05) == (False, "queue not reachable")
+    queue.reachable_hangs = False
+    assert await dispatcher.ready() == (True, "ok")

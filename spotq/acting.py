@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from spotq import clock, draining, plans
 from spotq.budgets import Budgets
@@ -72,6 +73,9 @@ class Actor:
         self._evictions = evictions
         self._budgets = budgets
         self._drains: dict[str, asyncio.Future[DrainReport]] = {}
+        # What this process did, for the moments before the index shows spotq's own writes (node UID → ...).
+        self._drained: OrderedDict[str, None] = OrderedDict()
+        self._announced: OrderedDict[tuple[str, str, str], None] = OrderedDict()
         self._marking = 0
         self._marked = asyncio.Event()
         self._marked.set()
@@ -99,10 +103,14 @@ class Actor:
                 log.info("node marked" if changed else "node already marked", extra={"steps": plan.step_names})
             async with _beside() as group:
                 # Events are for people: the drain does not wait for them (they queue last for the rate limit).
-                if plan.find(plans.Announce):
+                if plan.find(plans.Announce) and self._first_sighting(node, notice):
                     group.create_task(self._announce(node, "InterruptionNotice", _describe(notice, plan)))
                 if plan.drains:
-                    report = await self._drain_once(node, plan, hook, log)
+                    if self._already_drained(node):
+                        # A redelivery, or another notice for a drained node: nothing is left to drain.
+                        log.info("node already drained")
+                    else:
+                        report = await self._drain_once(node, plan, hook, log)
         if isinstance(complete, plans.CompleteLifecycle) and self._lifecycle is not None:
             if complete.when_node_ready:
                 await self._wait_ready(node, plan)
@@ -110,6 +118,27 @@ class Actor:
             metrics.LIFECYCLE_COMPLETIONS.labels(result="continue").inc()
             log.info("lifecycle action completed", extra={"hook": complete.hook.hook_name})
         return report
+
+    def _first_sighting(self, node: NodeRef, notice: Notice) -> bool:
+        """True once per notice and node: not when the node's record already names it (a redelivery, or a
+        restarted spotq), nor when this process announced it already."""
+        key = (node.uid, notice.kind.value, notice.event_id or "")
+        recorded = _recorded_id(node, self._notice_key(notice))
+        if key in self._announced or (recorded is not None and recorded == notice.event_id):
+            return False
+        _remember(self._announced, key)
+        return True
+
+    def _already_drained(self, node: NodeRef) -> bool:
+        """The node's record (or this process) says a drain of it finished. A drain that started and did not finish
+        (spotq stopped) or timed out is run again: what is left on the node is what still needs to go."""
+        if node.name in self._drains:
+            return False  # running: join it
+        state = _annotations(node).get(f"{self._config.prefix}/drain")
+        return node.uid in self._drained or state == "finished"
+
+    def _notice_key(self, notice: Notice) -> str:
+        return f"{self._config.prefix}/{notice.kind.value.replace('_', '-')}"
 
     def _marks(self, plan: plans.Plan, notice: Notice) -> Marks | None:
         if not plan.marks_node:
@@ -123,7 +152,7 @@ class Actor:
             "noticed_at": clock.now().isoformat(),
             "deadline": plan.deadline.isoformat(),
         }
-        annotations = {f"{self._config.prefix}/{notice.kind.value.replace('_', '-')}": json.dumps(record)}
+        annotations = {self._notice_key(notice): json.dumps(record)}
         if plan.drains:
             # Only where no drain is on record yet: a repeated notice for a drained node changes nothing.
             annotations[f"{self._config.prefix}/drain"] = "started"
@@ -204,6 +233,8 @@ class Actor:
         state = "finished" if report.complete else ("timed-out" if report.timed_out else "blocked")
         fresh = self._index.by_name(node.name) or node
         await self._writer.mark(fresh, Marks(overwrite_annotations={f"{self._config.prefix}/drain": state}))
+        if report.complete:
+            _remember(self._drained, node.uid)
         return report
 
     async def _after_marks(self) -> None:
@@ -257,6 +288,32 @@ async def _beside() -> AsyncIterator[asyncio.TaskGroup]:
         if len(error.exceptions) == 1:
             raise error.exceptions[0] from None
         raise
+
+
+# Bounded memories: a long-running process sees many nodes and notices come and go.
+_REMEMBERED = 10_000
+
+
+def _remember(memory: OrderedDict[Any, None], key: Any) -> None:
+    memory[key] = None
+    memory.move_to_end(key)
+    while len(memory) > _REMEMBERED:
+        memory.popitem(last=False)
+
+
+def _annotations(node: NodeRef) -> dict[str, str]:
+    annotations: dict[str, str] = (node.view.get("metadata") or {}).get("annotations") or {}
+    return annotations
+
+
+def _recorded_id(node: NodeRef, key: str) -> str | None:
+    """The id of the notice of this kind on record on the node (the first that acted), if any."""
+    try:
+        record = json.loads(_annotations(node).get(key, "null"))
+    except ValueError:
+        return None
+    value = record.get("id") if isinstance(record, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def _describe(notice: Notice, plan: plans.Plan) -> str:

@@ -148,15 +148,40 @@ async def test_a_drain_that_queued_for_a_slot_says_so_in_its_closing_event() -> 
 
 
 async def test_a_repeated_notice_changes_nothing() -> None:
+    """A redelivery (or a second notice) for a node already drained: no patch, no pod list or watch, no Event."""
     NOW = datetime.now(UTC)  # noqa: N806 - per test: a module-level clock goes stale in a long session
-    actor, writer, _, _ = make_actor(FakePods())
+    pods = FakePods()
+    pods.add("n1", "web-0")
+    actor, writer, events, _ = make_actor(pods)
     spot = SpotInterruption(
         event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120)
     )
     await act(actor, spot)
-    before = len(writer.patches)
-    await act(actor, spot)
-    assert len(writer.patches) == before
+    before = (len(writer.patches), list(pods.calls), list(events.reasons))
+    await act(actor, spot)  # the index has not caught up with spotq's own writes yet
+    assert (len(writer.patches), pods.calls, events.reasons) == before
+
+
+async def test_a_restarted_spotq_reads_what_was_done_from_the_node() -> None:
+    """The node's annotations say the drain finished: a new process (no memory of it) does not drain again."""
+    NOW = datetime.now(UTC)  # noqa: N806
+    pods = FakePods()
+    pods.add("n1", "web-0")
+    first, writer, _, _ = make_actor(pods)
+    spot = SpotInterruption(
+        event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120)
+    )
+    await act(first, spot)
+    pods.add("n1", "daemon", controller_kind="DaemonSet")
+    second, _, events, _ = make_actor(pods)
+    second._writer = writer  # the same node
+    calls = len(pods.calls)
+    current = {**NODE_JSON, **writer.node, "spec": {**NODE_JSON["spec"], **writer.node["spec"]}}
+    plan = planning.plan(spot, POLICY, NOW)
+    await second.act(
+        plan, spot, node_ref(current, selectors.parse("")), asyncio.get_running_loop().time(), logs.get("t")
+    )
+    assert pods.calls[calls:] == [] and events.reasons == []
 
 
 async def test_heartbeats_while_a_hooked_node_drains() -> None:

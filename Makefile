@@ -3,11 +3,13 @@
 #   make test     lint + the whole test suite (bash .ci/run runs exactly this)
 #   make bench    the mass-interruption benchmark (all scales; bench/README.md), figures in bench/results/
 #   make testenv  build the local environment's binaries into $SPOTQ_CACHE (default ~/.cache/spotq); idempotent
+# Each target builds only the tools it uses: demo and bench need the control plane and kwok, not helm, the IMDS
+# mock or promtool (promtool alone is ~15 min cold), which only the tests use.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv testenv testenv-gomod test test-unit test-integration lint demo bench
+.PHONY: venv testenv testenv-cluster testenv-gomod test test-unit test-integration lint demo bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +21,10 @@ venv: $(VENV)/.installed
 
 testenv:
 	bash testenv/build.sh
+
+# The control plane (kube-apiserver, controller-manager, scheduler, kubectl), etcd and kwok only.
+testenv-cluster:
+	bash testenv/build.sh kubernetes etcd kwok
 
 # Regenerate testenv/gomod/*/go.mod and go.sum after changing testenv/versions.env.
 testenv-gomod:
@@ -38,12 +44,12 @@ test-unit: venv
 test-integration: venv testenv
 	$(PY) -m pytest tests/integration -m integration -q
 
-demo: venv testenv
+demo: venv testenv-cluster
 	$(PY) -m testenv.demo
 
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
 	touch $@
 
-bench: venv testenv $(VENV)/.bench-installed
+bench: venv testenv-cluster $(VENV)/.bench-installed
 	$(PY) -m bench.run --all

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spotq.errors import ApiError, TransientError
-from spotq.kube.client import JSON, KubeClient
 from spotq.kube.nodes import NodeRef
+from spotq.kube.transport import JSON, Transport
 from spotq.ratelimit import Priority
 
 CONFLICT_RETRIES = 8
@@ -74,7 +74,7 @@ def patch_for(node: JSON, marks: Marks) -> JSON | None:
 class NodeMarker:
     """acting.NodeWriter over the API server; starts from the index's trimmed view to save a GET."""
 
-    def __init__(self, client: KubeClient) -> None:
+    def __init__(self, client: Transport) -> None:
         self._client = client
 
     async def mark(self, node: NodeRef, marks: Marks) -> bool:
@@ -108,13 +108,13 @@ def release_patch(node: JSON, prefix: str) -> JSON | None:
     return patch if (spec_patch or labels or ours) else None
 
 
-async def apply(client: KubeClient, node_name: str, marks: Marks, cached: JSON | None = None) -> bool:
+async def apply(client: Transport, node_name: str, marks: Marks, cached: JSON | None = None) -> bool:
     """Make `marks` true on the node. Returns True if a write was needed. Raises on persistent failure."""
     return await patch_node(client, node_name, lambda node: patch_for(node, marks), cached)
 
 
 async def patch_node(
-    client: KubeClient, node_name: str, compute: Callable[[JSON], JSON | None], cached: JSON | None = None
+    client: Transport, node_name: str, compute: Callable[[JSON], JSON | None], cached: JSON | None = None
 ) -> bool:
     """PATCH what `compute` derives from the node, retrying on 409 with a fresh read. True if it wrote."""
     node = cached

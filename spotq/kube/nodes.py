@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from spotq import selectors
-from spotq.errors import ApiError, TransientError
-from spotq.kube.client import JSON, KubeClient
+from spotq.kube import watching
+from spotq.kube.transport import JSON, Transport
 from spotq.notices import InstanceId
 from spotq.observability import metrics
 
@@ -125,55 +124,38 @@ class NodeIndex:
         async with self._changed:
             self._changed.notify_all()
 
-    async def run(self, client: KubeClient, field_selector: str = "") -> None:
-        """List, then watch from the list's resourceVersion; relist on 410 Gone or a broken watch. Forever.
+    async def run(
+        self, client: Transport, field_selector: str = "", *, backoff: watching.Backoff = watching.DEFAULT_BACKOFF
+    ) -> None:
+        """List, then watch from the list's resourceVersion; relist on 410 Gone or a broken watch. Forever
+        (watching.list_and_watch). While relisting, lookups keep answering from what was last seen.
 
         `field_selector` narrows the index (IMDS mode watches only its own node, not every node in the cluster).
         """
         scope = {"fieldSelector": field_selector} if field_selector else {}
-        while True:
-            try:
-                version = await self._list(client, scope)
-                while True:
-                    version = await self._watch(client, version, scope)
-            except (ApiError, TransientError) as exc:
-                log.warning("node watch interrupted, relisting", extra={"error": str(exc)[:200]})
-                await asyncio.sleep(1.0)
+        resource = watching.Resource(
+            "nodes", "/api/v1/nodes", scope, hint="grant list and watch on nodes (core API group)"
+        )
+        await watching.list_and_watch(
+            client, resource, on_list=self._listed, on_event=self._changed_by, backoff=backoff
+        )
 
-    async def _list(self, client: KubeClient, scope: dict[str, str]) -> str:
+    async def _listed(self, nodes: AsyncIterator[JSON]) -> None:
         names: set[str] = set()
-        query: dict[str, str] = {"limit": "500", **scope}
-        while True:
-            page = await client.request("GET", "/api/v1/nodes", query=query, operation="list_nodes")
-            for node in page.get("items", []):
-                self.apply(node)
-                names.add(node["metadata"]["name"])
-            token = page.get("metadata", {}).get("continue")
-            if not token:
-                break
-            query = {"limit": "500", "continue": token, **scope}
+        async for node in nodes:
+            self.apply(node)
+            names.add(node["metadata"]["name"])
         for gone in set(self._by_name) - names:
             self.remove(gone)
         metrics.NODES_INDEXED.set(len(self))
         self.synced.set()
         await self._notify()
         log.info("node index synced", extra={"nodes": len(self)})
-        return str(page.get("metadata", {}).get("resourceVersion", ""))
 
-    async def _watch(self, client: KubeClient, version: str, scope: dict[str, str]) -> str:
-        query = {"resourceVersion": version, "timeoutSeconds": "300", **scope}
-        async for event in client.watch("/api/v1/nodes", query, operation="watch_nodes"):
-            kind = event.get("type")
-            obj: dict[str, Any] = event.get("object") or {}
-            if kind == "ERROR":
-                raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), str(obj.get("message", "")))
-            version = obj.get("metadata", {}).get("resourceVersion", version)
-            if kind in ("ADDED", "MODIFIED"):
-                self.apply(obj)
-            elif kind == "DELETED":
-                self.remove(obj["metadata"]["name"])
-            else:
-                continue
-            metrics.NODES_INDEXED.set(len(self))
-            await self._notify()
-        return version
+    async def _changed_by(self, kind: str, node: JSON) -> None:
+        if kind == "DELETED":
+            self.remove(node["metadata"]["name"])
+        else:
+            self.apply(node)
+        metrics.NODES_INDEXED.set(len(self))
+        await self._notify()

@@ -8,7 +8,7 @@ from typing import Any
 
 from spotq.draining import Pod
 from spotq.errors import ApiError
-from spotq.kube.client import JSON, KubeClient
+from spotq.kube.transport import JSON, Transport
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ Event = tuple[str, Pod | None, str]
 
 
 class PodClient:
-    def __init__(self, client: KubeClient, *, watch_list: bool = True) -> None:
+    def __init__(self, client: Transport, *, watch_list: bool = True) -> None:
         self._client = client
         self._watch_list = watch_list
 

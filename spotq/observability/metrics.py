@@ -66,3 +66,10 @@ MESSAGES_RELEASED_ON_STOP = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+WATCH_RESTARTS = Counter(
+    "spotq_watch_restarts",
+    "List+watch loops interrupted and relisted, by resource (nodes, pdbs) and reason (expired, forbidden, "
+    "api_error, stream, network, unexpected).",
+    ["resource", "reason"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,167 @@
+"""One list+watch loop for every in-memory mirror of the cluster (the node index, the PDB budgets).
+
+List (pages of 500, continue tokens), then watch from the list's resourceVersion with bookmarks; a watch the server
+ends is resumed from the last version seen. Any interruption relists: an expired version (410 Gone) at once,
+anything else — a 403 from an API server whose RBAC cache is cold, a 500, a cut connection, a line that is not JSON —
+after a jittered, capped back-off. The loop never returns; the mirror keeps its data logic in two callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+from spotq.errors import ApiError, SpotqError
+from spotq.kube.transport import JSON, Transport, WatchStreamError
+from spotq.observability import metrics
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 500
+# The server ends each watch after this long (and we resume it): it bounds how long a silently lost
+# connection can go unnoticed, and the client's read timeout is derived from it.
+WATCH_TIMEOUT_SECONDS = 300
+_DENIED = frozenset({401, 403})
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What to mirror: `name` names the operations (list_<name>, watch_<name>) and labels the restart metric."""
+
+    name: str
+    path: str
+    scope: Mapping[str, str] = field(default_factory=dict)
+    """Extra list and watch parameters, e.g. {"fieldSelector": "metadata.name=n1"}."""
+    hint: str = ""
+    """Said once, with the first 401/403: what RBAC the watch needs."""
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """The one back-off of the watch loops: doubling from `initial_seconds`, capped, jittered so that many spotq
+    replicas (or a DaemonSet's pods) relisting after one API server restart do not arrive in step. Denied
+    requests (401/403) wait longer: RBAC is fixed by people or a warming cache, not in a second."""
+
+    initial_seconds: float = 1.0
+    max_seconds: float = 30.0
+    denied_max_seconds: float = 60.0
+
+    def seconds(self, failures: int, *, denied: bool = False) -> float:
+        """The wait after the `failures`-th failure in a row: between half and all of min(cap, initial * 2^(n-1))."""
+        cap = self.denied_max_seconds if denied else self.max_seconds
+        full = min(cap, self.initial_seconds * 2 ** min(max(0, failures - 1), 32))
+        return random.uniform(full / 2, full)
+
+    async def pause(self, failures: int, *, denied: bool = False) -> None:
+        await asyncio.sleep(self.seconds(failures, denied=denied))
+
+
+DEFAULT_BACKOFF = Backoff()
+
+OnList = Callable[[AsyncIterator[JSON]], Awaitable[None]]
+OnEvent = Callable[[str, JSON], Awaitable[None]]
+
+
+async def list_and_watch(
+    transport: Transport,
+    resource: Resource,
+    *,
+    on_list: OnList,
+    on_event: OnEvent,
+    on_lost: Callable[[], None] | None = None,
+    backoff: Backoff = DEFAULT_BACKOFF,
+) -> NoReturn:
+    """Mirror `resource` forever. `on_list` gets every item of a full list (consume it to the end; it may raise
+    from a later page); `on_event` gets ADDED / MODIFIED / DELETED with the object; `on_lost` is called whenever
+    the mirror stops being current (before the pause and relist)."""
+    failures = 0
+    told_denied = False
+    while True:
+        try:
+            version = await _list(transport, resource, on_list)
+            if failures:
+                log.info("watch resumed", extra={"resource": resource.name})
+            while True:
+                progressed = False
+                async with contextlib.aclosing(_watch(transport, resource, version)) as events:
+                    async for kind, obj in events:
+                        version = str((obj.get("metadata") or {}).get("resourceVersion", version))
+                        failures, progressed = 0, True
+                        if kind in ("ADDED", "MODIFIED", "DELETED"):
+                            await on_event(kind, obj)
+                if not progressed:  # not even a bookmark: resume, but a proxy that ends every watch at once
+                    failures += 1  # must not make us spin
+                    await backoff.pause(failures)
+        except Exception as exc:
+            failures += 1
+            reason = _reason(exc)
+            metrics.WATCH_RESTARTS.labels(resource=resource.name, reason=reason).inc()
+            if on_lost is not None:
+                on_lost()
+            if reason == "expired" and failures == 1:
+                log.info("watch expired, relisting", extra={"resource": resource.name})
+                continue
+            denied = reason == "forbidden"
+            fields: dict[str, Any] = {"resource": resource.name, "reason": reason, "error": str(exc)[:200]}
+            if denied and not told_denied:
+                told_denied = True
+                log.warning("watch denied, retrying", extra={**fields, "hint": resource.hint})
+            elif isinstance(exc, SpotqError):
+                log.log(logging.DEBUG if denied else logging.WARNING, "watch interrupted, relisting", extra=fields)
+            else:
+                log.error("watch failed unexpectedly, relisting", extra=fields, exc_info=exc)
+            await backoff.pause(failures, denied=denied)
+
+
+async def _list(transport: Transport, resource: Resource, on_list: OnList) -> str:
+    version = ""
+
+    async def items() -> AsyncIterator[JSON]:
+        nonlocal version
+        query: dict[str, str] = {"limit": str(PAGE_SIZE), **resource.scope}
+        while True:
+            page = await transport.request("GET", resource.path, query=query, operation=f"list_{resource.name}")
+            for item in page.get("items") or []:
+                yield item
+            meta = page.get("metadata") or {}
+            token = meta.get("continue")
+            if not token:
+                version = str(meta.get("resourceVersion", ""))
+                return
+            query = {"limit": str(PAGE_SIZE), "continue": token, **resource.scope}
+
+    await on_list(items())
+    return version
+
+
+async def _watch(transport: Transport, resource: Resource, version: str) -> AsyncGenerator[tuple[str, JSON], None]:
+    """One watch from `version` until the server ends it: (type, object) pairs; an ERROR event raises ApiError."""
+    query = {"resourceVersion": version, "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS), **resource.scope}
+    stream = transport.watch(resource.path, query, operation=f"watch_{resource.name}")
+    try:
+        async for event in stream:
+            kind = str(event.get("type"))
+            obj: JSON = event.get("object") or {}
+            if kind == "ERROR":
+                raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), str(obj.get("message", "")))
+            yield kind, obj
+    finally:
+        await stream.aclose()
+
+
+def _reason(exc: Exception) -> str:
+    """A bounded label for the restart metric."""
+    if isinstance(exc, ApiError):
+        if exc.status == 410:
+            return "expired"
+        return "forbidden" if exc.status in _DENIED else "api_error"
+    if isinstance(exc, WatchStreamError):
+        return "stream"
+    if isinstance(exc, SpotqError):
+        return "network"
+    return "unexpected"

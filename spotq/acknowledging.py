@@ -132,6 +132,9 @@ class Acknowledger:
         self._retry_max = delete_retry_max_seconds
         self._held: dict[str, _Held] = {}
         self._deleting: set[str] = set()  # held messages whose delete is pending
+        # Orders a hand-back after any extension under way: SQS applying an older extension last would hide the
+        # message again for a whole visibility timeout.
+        self._visibility = asyncio.Lock()
         self._wake = asyncio.Event()
         self._closing = False
         self._running = False
@@ -176,7 +179,8 @@ class Acknowledger:
         if not receipts:
             return
         metrics.MESSAGES_RELEASED_ON_STOP.labels(reason=reason).inc(len(receipts))
-        failed = await self._queue.change_visibility(receipts, 0)
+        async with self._visibility:
+            failed = await self._queue.change_visibility(receipts, 0)
         if failed:
             log.warning("messages not released; they return when their visibility lapses", extra={"count": len(failed)})
 
@@ -272,6 +276,7 @@ class Acknowledger:
             receipts = [held.receipt for held in self._held.values()]
             if not receipts:
                 continue
-            failed = await self._queue.change_visibility(receipts, self._settings.visibility_timeout_seconds)
+            async with self._visibility:
+                failed = await self._queue.change_visibility(receipts, self._settings.visibility_timeout_seconds)
             if failed:
                 log.warning("visibility not extended; trying again next period", extra={"count": len(failed)})

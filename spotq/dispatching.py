@@ -77,6 +77,7 @@ class Dispatcher:
                         group.create_task(self._receive(workers, stop)) for _ in range(self._settings.receivers)
                     ]
                     await stop.wait()
+                    log.info("stopping: receiving ends", extra={"in_flight": len(self.state.in_flight)})
                     async with self._room:
                         self._room.notify_all()  # receivers waiting for room see the stop
                     await asyncio.gather(self._stop_receivers(receivers), self._finish_in_flight())

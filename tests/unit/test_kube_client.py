@@ -1,5 +1,6 @@
-"""The real client against a local HTTP server that breaks its watch streams: a JSON line cut short, a line longer
-than the read buffer. The node index relists and keeps serving; a drain's pod watch sees a TransientError."""
+"""KubeClient: against a local HTTP server that breaks its watch streams (a JSON line cut short, a line longer than
+the read buffer: the node index relists and keeps serving, a drain's pod watch sees a TransientError), and over the
+fake transport for its API Priority and Fairness retries."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import pytest_asyncio
 from aiohttp import web
 
 from spotq import selectors
-from spotq.errors import TransientError
+from spotq.errors import ApiError, TransientError
+from spotq.kube import watching
 from spotq.kube.client import KubeClient
 from spotq.kube.nodes import NodeIndex
 from spotq.kube.pods import PodClient
+from spotq.observability import metrics
 from spotq.settings import KubeSettings
+from tests.unit.fake_transport import FakeTransport
 
 JSON = dict[str, Any]
 # Longer than the 4 MiB a line may take in the client's read buffer (twice its 2 MiB read_bufsize).
@@ -118,7 +122,7 @@ async def test_the_node_index_relists_after_a_cut_line_and_an_over_long_line_and
     )
     client = await serve(server)
     index = NodeIndex(selectors.parse(""))
-    run = asyncio.create_task(index.run(client))
+    run = asyncio.create_task(index.run(client, backoff=watching.Backoff(initial_seconds=0.01)))
     late = asyncio.create_task(index.wait_for(lambda: index.by_name("late") is not None))
     try:
         done, _ = await asyncio.wait([run, late], timeout=20, return_when=asyncio.FIRST_COMPLETED)
@@ -147,3 +151,34 @@ async def test_a_broken_pod_watch_stream_is_a_transient_error_the_drain_watcher_
         async for kind, _, version in PodClient(client).watch_on_node("n1", "5"):
             seen.append(f"{kind}@{version}")
     assert seen == ["ADDED@6"]
+
+
+def sample(name: str, labels: dict[str, str]) -> float:
+    return metrics.REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def throttled(body: str = "") -> ApiError:
+    return ApiError(429, "Too Many Requests", body, retry_after=0.0)
+
+
+async def test_the_api_servers_throttling_is_retried_after_retry_after_and_counted() -> None:
+    transport = FakeTransport(answers={"get_node": [throttled(), throttled(), {"metadata": {"name": "n1"}}]})
+    client = KubeClient(transport, KubeSettings())
+    errors = sample("spotq_api_errors_total", {"api": "kubernetes", "operation": "get_node"})
+    sent = sample("spotq_kube_requests_total", {"operation": "get_node"})
+    node = await client.request("GET", "/api/v1/nodes/n1", operation="get_node")
+    assert node == {"metadata": {"name": "n1"}} and transport.operations() == ["get_node"] * 3
+    assert sample("spotq_api_errors_total", {"api": "kubernetes", "operation": "get_node"}) - errors == 2
+    assert sample("spotq_kube_requests_total", {"operation": "get_node"}) - sent == 3
+
+
+async def test_a_pdb_refusal_is_not_retried_here_and_throttling_gives_up_after_a_few_tries() -> None:
+    refusal = throttled("Cannot evict pod as it would violate the pod's disruption budget.")
+    transport = FakeTransport(answers={"evict_pod": [refusal], "get_node": [throttled() for _ in range(10)]})
+    client = KubeClient(transport, KubeSettings())
+    with pytest.raises(ApiError) as refused:
+        await client.request("POST", "/api/v1/namespaces/ns/pods/a/eviction", body={}, operation="evict_pod")
+    assert refused.value is refusal and transport.operations() == ["evict_pod"]
+    with pytest.raises(ApiError, match="429"):
+        await client.request("GET", "/api/v1/nodes/n1", operation="get_node")
+    assert transport.operations().count("get_node") == 6

@@ -57,7 +57,8 @@ async def test_a_403_does_not_end_the_pdb_watch() -> None:
 
 
 async def test_403s_are_retried_at_a_slower_cadence_with_one_rbac_hint(caplog: pytest.LogCaptureFixture) -> None:
-    transport = FakeTransport(answers={"list_pdbs": [forbidden() for _ in range(9)] + [page(pdb("web", 1))]})
+    lists: list[JSON | BaseException] = [forbidden() for _ in range(9)]
+    transport = FakeTransport(answers={"list_pdbs": [*lists, page(pdb("web", 1))]})
     budgets = Budgets()
     backoff = RecordingBackoff()
     before = restarts("forbidden")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
-from spotq.errors import ApiError
-from spotq.kube.client import KubeClient
+import pytest
+
+from spotq.errors import ApiError, TransientError
 from spotq.kube.pods import PodClient
+from spotq.kube.transport import WatchStreamError
+from tests.unit.fake_transport import FakeTransport
 
 JSON = dict[str, Any]
 
@@ -26,78 +27,68 @@ def initial_end(version: str) -> JSON:
     return {"type": "BOOKMARK", "object": {"metadata": {"resourceVersion": version, "annotations": annotations}}}
 
 
-@dataclass
-class FakeKube:
-    """Answers watches from a script; a refused watch-list raises as the API server's 422 would."""
-
-    streams: list[list[JSON]] = field(default_factory=list)
-    refuse_watch_list: bool = False
-    queries: list[dict[str, str]] = field(default_factory=list)
-    requests: list[str] = field(default_factory=list)
-    closed: int = 0
-
-    async def watch(self, path: str, query: dict[str, str], *, operation: str) -> AsyncGenerator[JSON, None]:
-        self.queries.append(query)
-        try:
-            if self.refuse_watch_list and "sendInitialEvents" in query:
-                raise ApiError(422, "Unprocessable Entity", "sendInitialEvents is forbidden")
-            for event in self.streams.pop(0):
-                yield event
-        finally:
-            self.closed += 1
-
-    async def request(self, method: str, path: str, *, query: dict[str, str], operation: str) -> JSON:
-        self.requests.append(operation)
-        return {"metadata": {"resourceVersion": "7"}, "items": [pod("a", "5")]}
+def listed() -> JSON:
+    return {"metadata": {"resourceVersion": "7"}, "items": [pod("a", "5")]}
 
 
-def client(kube: FakeKube) -> PodClient:
-    return PodClient(cast(KubeClient, kube))
+REFUSED = ApiError(422, "Unprocessable Entity", "sendInitialEvents is forbidden")  # a server without watch-list
+
+
+def client(transport: FakeTransport) -> PodClient:
+    return PodClient(transport)
 
 
 async def test_watch_list_gives_the_pods_and_then_the_live_watch_from_one_request() -> None:
     later = {"type": "DELETED", "object": pod("a", "9")}
-    kube = FakeKube(streams=[[{"type": "ADDED", "object": pod("a", "5")}, initial_end("8"), later]])
+    kube = FakeTransport(
+        streams={"watch_list_pods": [[{"type": "ADDED", "object": pod("a", "5")}, initial_end("8"), later]]}
+    )
     pods, version, live = await client(kube).open_on_node("n1")
     assert [p.name for p in pods] == ["a"] and version == "8"
-    assert kube.queries[0]["sendInitialEvents"] == "true"
-    assert kube.queries[0]["resourceVersionMatch"] == "NotOlderThan"
+    assert kube.calls[0].query["sendInitialEvents"] == "true"
+    assert kube.calls[0].query["resourceVersionMatch"] == "NotOlderThan"
     assert live is not None
     events = [(kind, p.name if p else None, rv) async for kind, p, rv in live]
     assert events == [("DELETED", "a", "9")]
-    assert kube.requests == [] and kube.closed == 1
+    assert kube.operations() == ["watch_list_pods"] and kube.watches_closed == 1
 
 
 async def test_a_server_without_watch_list_gets_a_list_and_is_not_asked_again() -> None:
-    kube = FakeKube(refuse_watch_list=True)
+    kube = FakeTransport(answers={"list_pods": [listed(), listed()]}, streams={"watch_list_pods": [[REFUSED]]})
     pods_client = client(kube)
     for _ in range(2):
         pods, version, live = await pods_client.open_on_node("n1")
         assert [p.name for p in pods] == ["a"] and version == "7" and live is None
-    assert kube.requests == ["list_pods", "list_pods"]
-    assert len(kube.queries) == 1  # the refusal is remembered
+    assert kube.operations() == ["watch_list_pods", "list_pods", "list_pods"]  # the refusal is remembered
 
 
 async def test_a_watch_that_ends_before_the_initial_state_falls_back_to_a_list() -> None:
-    kube = FakeKube(streams=[[{"type": "ADDED", "object": pod("a", "5")}]])
+    kube = FakeTransport(
+        answers={"list_pods": [listed()]}, streams={"watch_list_pods": [[{"type": "ADDED", "object": pod("a", "5")}]]}
+    )
     pods, version, live = await client(kube).open_on_node("n1")
     assert [p.name for p in pods] == ["a"] and version == "7" and live is None
-    assert kube.requests == ["list_pods"] and kube.closed == 1
+    assert kube.operations() == ["watch_list_pods", "list_pods"] and kube.watches_closed == 1
 
 
-async def test_other_errors_are_raised_not_mistaken_for_a_missing_feature() -> None:
-    @dataclass
-    class Broken(FakeKube):
-        async def watch(self, path: str, query: dict[str, str], *, operation: str) -> AsyncGenerator[JSON, None]:
-            raise ApiError(500, "Internal Server Error", "etcd down")
-            yield {}  # an async generator, as the real one
+@pytest.mark.parametrize(
+    "failure",
+    [ApiError(500, "Internal Server Error", "etcd down"), WatchStreamError("watch_list_pods: watch line is not JSON")],
+    ids=["http-500", "cut-line"],
+)
+async def test_other_errors_are_raised_not_mistaken_for_a_missing_feature(failure: TransientError) -> None:
+    kube = FakeTransport(streams={"watch_list_pods": [[{"type": "ADDED", "object": pod("a", "5")}, failure]]})
+    with pytest.raises(TransientError) as raised:
+        await client(kube).open_on_node("n1")
+    assert raised.value is failure, "a failure must not pass as an empty node"
+    assert kube.operations() == ["watch_list_pods"] and kube.watches_closed == 1
 
-    kube = Broken()
-    pods_client = client(kube)
-    try:
-        await pods_client.open_on_node("n1")
-    except ApiError as exc:
-        assert exc.status == 500
-    else:
-        raise AssertionError("a 500 must not pass as an empty node")
-    assert kube.requests == []
+
+async def test_a_broken_live_watch_is_a_transient_error_for_the_drains_watcher_to_restart() -> None:
+    cut = WatchStreamError("watch_pods: watch line is not JSON")
+    kube = FakeTransport(streams={"watch_pods": [[{"type": "MODIFIED", "object": pod("a", "6")}, cut]]})
+    seen: list[str] = []
+    with pytest.raises(TransientError):
+        async for kind, _, version in client(kube).watch_on_node("n1", "5"):
+            seen.append(f"{kind}@{version}")
+    assert seen == ["MODIFIED@6"] and kube.calls[0].query["resourceVersion"] == "5" and kube.watches_closed == 1

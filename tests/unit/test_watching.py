@@ -142,8 +142,9 @@ async def test_a_broken_watch_backs_off_relists_and_goes_on(failure: JSON | Base
 
 async def test_failures_in_a_row_wait_longer_up_to_the_cap_and_an_event_resets_the_count() -> None:
     broken = TransientError("list_things: connection refused")
+    lists: list[JSON | BaseException] = [broken] * 8
     transport = FakeTransport(
-        answers={"list_things": [broken] * 8 + [page("a"), page("a")]},
+        answers={"list_things": [*lists, page("a"), page("a")]},
         streams={"watch_things": [[{"type": "ADDED", "object": thing("x", "11")}, broken], [HOLD]]},
     )
     backoff = RecordingBackoff(initial_seconds=1, max_seconds=30)

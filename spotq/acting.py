@@ -8,9 +8,10 @@ import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
-from spotq import clock, draining, plans
+from spotq import clock, draining, plans, records
 from spotq.budgets import Budgets
 from spotq.draining import DrainOptions, DrainReport, PodApi
 from spotq.errors import PermanentError, TransientError
@@ -119,11 +120,16 @@ class Actor:
             log.info("lifecycle action completed", extra={"hook": complete.hook.hook_name})
         return report
 
+    async def resume(self, node: NodeRef, deadline: datetime, log: logs.Context) -> DrainReport:
+        """Run again a drain that a stopped spotq left unfinished (the node's record says so); the notices'
+        messages, when SQS hands them back, join it. The node already carries its marks."""
+        return await self._drain_once(node, plans.Plan((plans.Drain(),), deadline), None, log)
+
     def _first_sighting(self, node: NodeRef, notice: Notice) -> bool:
         """True once per notice and node: not when the node's record already names it (a redelivery, or a
         restarted spotq), nor when this process announced it already."""
         key = (node.uid, notice.kind.value, notice.event_id or "")
-        recorded = _recorded_id(node, self._notice_key(notice))
+        recorded = records.notice_id(node, self._config.prefix, notice.kind)
         if key in self._announced or (recorded is not None and recorded == notice.event_id):
             return False
         _remember(self._announced, key)
@@ -134,11 +140,8 @@ class Actor:
         (spotq stopped) or timed out is run again: what is left on the node is what still needs to go."""
         if node.name in self._drains:
             return False  # running: join it
-        state = _annotations(node).get(f"{self._config.prefix}/drain")
-        return node.uid in self._drained or state == "finished"
-
-    def _notice_key(self, notice: Notice) -> str:
-        return f"{self._config.prefix}/{notice.kind.value.replace('_', '-')}"
+        state = records.drain_state(node, self._config.prefix)
+        return node.uid in self._drained or state == records.DRAIN_FINISHED
 
     def _marks(self, plan: plans.Plan, notice: Notice) -> Marks | None:
         if not plan.marks_node:
@@ -152,10 +155,10 @@ class Actor:
             "noticed_at": clock.now().isoformat(),
             "deadline": plan.deadline.isoformat(),
         }
-        annotations = {self._notice_key(notice): json.dumps(record)}
+        annotations = {records.notice_key(self._config.prefix, notice.kind): json.dumps(record)}
         if plan.drains:
             # Only where no drain is on record yet: a repeated notice for a drained node changes nothing.
-            annotations[f"{self._config.prefix}/drain"] = "started"
+            annotations[records.drain_key(self._config.prefix)] = records.DRAIN_STARTED
         return Marks(
             taints=tuple((key, _label_value(value), effect) for key, value, effect in taints),
             cordon=plan.find(plans.Cordon) is not None,
@@ -232,7 +235,7 @@ class Actor:
             )
         state = "finished" if report.complete else ("timed-out" if report.timed_out else "blocked")
         fresh = self._index.by_name(node.name) or node
-        await self._writer.mark(fresh, Marks(overwrite_annotations={f"{self._config.prefix}/drain": state}))
+        await self._writer.mark(fresh, Marks(overwrite_annotations={records.drain_key(self._config.prefix): state}))
         if report.complete:
             _remember(self._drained, node.uid)
         return report
@@ -299,21 +302,6 @@ def _remember(memory: OrderedDict[Any, None], key: Any) -> None:
     memory.move_to_end(key)
     while len(memory) > _REMEMBERED:
         memory.popitem(last=False)
-
-
-def _annotations(node: NodeRef) -> dict[str, str]:
-    annotations: dict[str, str] = (node.view.get("metadata") or {}).get("annotations") or {}
-    return annotations
-
-
-def _recorded_id(node: NodeRef, key: str) -> str | None:
-    """The id of the notice of this kind on record on the node (the first that acted), if any."""
-    try:
-        record = json.loads(_annotations(node).get(key, "null"))
-    except ValueError:
-        return None
-    value = record.get("id") if isinstance(record, dict) else None
-    return value if isinstance(value, str) else None
 
 
 def _describe(notice: Notice, plan: plans.Plan) -> str:

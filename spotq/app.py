@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from spotq import acting, handling, planning, selectors
+from spotq import acting, handling, planning, resuming, selectors
 from spotq.acknowledging import Acknowledger
 from spotq.aws import session
 from spotq.aws.autoscaling import Lifecycle
@@ -153,6 +153,10 @@ async def run_queue_mode(
                 group.create_task(watch_budgets(core.kube, core.budgets)),
                 group.create_task(lookup.run()),
             ]
+            if not settings.policy.dry_run:
+                background.append(
+                    group.create_task(resuming.resume_unfinished(core.index, core.actor, settings.kube.taint_prefix))
+                )
             await dispatcher.run(stop)
             for task in background:
                 task.cancel()

@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 import aiohttp
 from prometheus_client import Counter, Gauge
 
-from spotq import app, clock, notices, parsing, planning, plans
+from spotq import app, clock, notices, parsing, planning, plans, resuming
 from spotq.aws.imds import ImdsClient, ImdsConfig, ImdsError
 from spotq.draining import DrainReport
 from spotq.errors import PermanentError, TransientError
@@ -443,8 +443,12 @@ async def run_imds_mode(
             on_listening(port)
         async with asyncio.TaskGroup() as group:
             # One node's pod needs one node in its index: a DaemonSet of 1000 must not watch 1000 nodes each.
-            index = group.create_task(core.index.run(core.kube, field_selector=f"metadata.name={node}"))
+            background = [group.create_task(core.index.run(core.kube, field_selector=f"metadata.name={node}"))]
+            if not settings.policy.dry_run:
+                prefix = settings.kube.taint_prefix
+                background.append(group.create_task(resuming.resume_unfinished(core.index, core.actor, prefix)))
             await watcher.run(stop)
-            index.cancel()
+            for task in background:
+                task.cancel()
         log.info("spotq stopped")
     return 0

@@ -85,6 +85,10 @@ class NodeIndex:
     def __len__(self) -> int:
         return len(self._by_name)
 
+    def nodes(self) -> list[NodeRef]:
+        """Every node indexed now (a copy: the watch may change the index meanwhile)."""
+        return list(self._by_name.values())
+
     def lookup(self, instance_id: InstanceId) -> NodeRef | None:
         name = self._by_instance.get(instance_id)
         return self._by_name.get(name) if name else None

@@ -73,3 +73,8 @@ WATCH_RESTARTS = Counter(
     ["resource", "reason"],
     registry=REGISTRY,
 )
+DRAINS_RESUMED = Counter(
+    "spotq_drains_resumed",
+    "Drains resumed at start from the nodes' own records (a stopped spotq left them unfinished).",
+    registry=REGISTRY,
+)

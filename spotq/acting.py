@@ -32,6 +32,8 @@ SLOT_WAIT_REPORT_SECONDS = 1.0
 class NodeWriter(Protocol):
     async def mark(self, node: NodeRef, marks: Marks) -> bool: ...
 
+    async def release_for(self, node: NodeRef, prefix: str, notice_key: str, notice_id: str) -> bool: ...
+
 
 class EventSink(Protocol):
     async def node_event(self, node: NodeRef, reason: str, message: str, *, warning: bool = False) -> None: ...
@@ -88,6 +90,8 @@ class Actor:
         complete = plan.find(plans.CompleteLifecycle)
         # A terminate hook waits on the drain: heartbeats keep it from timing out meanwhile.
         hook = complete.hook if isinstance(complete, plans.CompleteLifecycle) and not complete.when_node_ready else None
+        if node is not None and plan.find(plans.Release):
+            await self._release(node, notice, log)
         if node is not None:
             marks = self._marks(plan, notice)
             if marks is not None:
@@ -124,6 +128,16 @@ class Actor:
         """Run again a drain that a stopped spotq left unfinished (the node's record says so); the notices'
         messages, when SQS hands them back, join it. The node already carries its marks."""
         return await self._drain_once(node, plans.Plan((plans.Drain(),), deadline), None, log)
+
+    async def _release(self, node: NodeRef, notice: Notice, log: logs.Context) -> None:
+        if node.name in self._drains:
+            log.info("notice ended while its drain runs: marks kept")
+            return
+        key = records.notice_key(self._config.prefix, notice.kind)
+        released = await self._writer.release_for(node, self._config.prefix, key, notice.event_id or "")
+        log.info("marks released: the notice ended" if released else "notice ended; no marks of its own to release")
+        if released:
+            await self._events.node_event(node, "NoticeEnded", f"{notice.kind.value} {notice.event_id} ended: released")
 
     def _first_sighting(self, node: NodeRef, notice: Notice) -> bool:
         """True once per notice and node: not when the node's record already names it (a redelivery, or a

@@ -67,10 +67,12 @@ def identity(notice: Notice) -> str:
     """What makes a notice the same one when polled again.
 
     An instance is interrupted once and recommended for rebalance once, so those are one notice per instance
-    whatever their timestamps say (a re-stamped `time` must not restart anything); maintenance events have ids.
+    whatever their timestamps say (a re-stamped `time` must not restart anything); maintenance events have ids,
+    and one that ends (completed, canceled) is a new notice: its marks come off.
     """
     if isinstance(notice, notices.ScheduledChange):
-        return f"{notice.kind.value}/{notice.event_id}"
+        phase = "ended" if notice.cancelled_or_closed else "open"
+        return f"{notice.kind.value}/{notice.event_id}/{phase}"
     return notice.kind.value
 
 

@@ -82,6 +82,9 @@ def plan(notice: Notice, policy: Policy, received_at: datetime) -> plans.Plan:
         if policy.complete_lifecycle_launch:
             steps.append(plans.CompleteLifecycle(notice.hook, when_node_ready=True))
         return plans.Plan(tuple(steps), launch_deadline(notice, policy, received_at))
+    if isinstance(notice, notices.ScheduledChange) and notice.cancelled_or_closed:
+        # Nothing is coming: no drain, and marks spotq set for this event alone come off.
+        return plans.Plan((plans.Release(),), deadline)
     level = level_for(notice, policy)
     steps.extend(_node_steps(notice.kind, level, policy))
     if isinstance(notice, notices.LifecycleTerminate):

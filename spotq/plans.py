@@ -52,7 +52,15 @@ class CompleteLifecycle:
     name = "complete_lifecycle"
 
 
-Step = Announce | Taint | Cordon | ExcludeFromLoadBalancers | Drain | CompleteLifecycle
+@dataclass(frozen=True)
+class Release:
+    """Take spotq's marks off the node if it carries them for this notice only: what it announced is off (a
+    cancelled or closed scheduled change)."""
+
+    name = "release"
+
+
+Step = Announce | Taint | Cordon | ExcludeFromLoadBalancers | Drain | CompleteLifecycle | Release
 
 # Steps that change the node: the message may be deleted only once these are durably written.
 MARKING_STEPS = (Taint, Cordon, ExcludeFromLoadBalancers)

@@ -6,6 +6,7 @@ silently losing a taint; we then read the node again and recompute. A node alrea
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,14 @@ class NodeMarker:
     async def mark(self, node: NodeRef, marks: Marks) -> bool:
         return await apply(self._client, node.name, marks, node.view)
 
+    async def release_for(self, node: NodeRef, prefix: str, notice_key: str, notice_id: str) -> bool:
+        """Take spotq's marks off a node that carries them for this one notice only (it was cancelled)."""
+
+        def undo(current: JSON) -> JSON | None:
+            return release_patch_for(current, prefix, notice_key, notice_id)
+
+        return await patch_node(self._client, node.name, undo, node.view)
+
 
 def release_patch(node: JSON, prefix: str) -> JSON | None:
     """The merge patch that takes spotq's marks off `node` (pure): its taints and annotations always, the cordon
@@ -106,6 +115,25 @@ def release_patch(node: JSON, prefix: str) -> JSON | None:
     if ours:
         patch["metadata"]["annotations"] = ours
     return patch if (spec_patch or labels or ours) else None
+
+
+# spotq's own bookkeeping annotations, beside the notice records.
+_BOOKKEEPING = ("drain", "owned")
+
+
+def release_patch_for(node: JSON, prefix: str, notice_key: str, notice_id: str) -> JSON | None:
+    """release_patch, but only where the one notice on record is `notice_key` with id `notice_id` (pure): a node
+    also marked for another notice (a Spot warning, another scheduled change) keeps every mark."""
+    annotations: dict[str, str] = (node.get("metadata") or {}).get("annotations") or {}
+    bookkeeping = {f"{prefix}/{name}" for name in _BOOKKEEPING}
+    records = {k: v for k, v in annotations.items() if k.startswith(f"{prefix}/") and k not in bookkeeping}
+    if set(records) != {notice_key}:
+        return None
+    try:
+        recorded = json.loads(records[notice_key]).get("id")
+    except (ValueError, AttributeError):
+        return None
+    return release_patch(node, prefix) if recorded == notice_id else None
 
 
 async def apply(client: Transport, node_name: str, marks: Marks, cached: JSON | None = None) -> bool:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from spotq import acting, planning, selectors
 from spotq.draining import DrainOptions
-from spotq.kube.marks import Marks, patch_for
+from spotq.kube.marks import Marks, patch_for, release_patch_for
 from spotq.kube.nodes import NodeIndex, NodeRef, node_ref
-from spotq.notices import InstanceId, LifecycleHook, LifecycleTerminate, SpotInterruption, StateChange
+from spotq.notices import (
+    InstanceId,
+    LifecycleHook,
+    LifecycleTerminate,
+    ScheduledChange,
+    SpotInterruption,
+    StateChange,
+)
 from spotq.observability import logs
 from spotq.settings import Settings
 from spotq.slots import DeadlineSlots
@@ -44,6 +51,22 @@ class FakeWriter:
         self.node["metadata"]["labels"].update(patch["metadata"].get("labels", {}))
         self.node["metadata"]["annotations"].update(patch["metadata"].get("annotations", {}))
         self.node["spec"].update(patch.get("spec", {}))
+        return True
+
+    async def release_for(self, node: NodeRef, prefix: str, notice_key: str, notice_id: str) -> bool:
+        patch = release_patch_for(self.node, prefix, notice_key, notice_id)
+        if patch is None:
+            return False
+        self.patches.append(patch)
+        for part in ("labels", "annotations"):
+            for key, value in patch["metadata"].get(part, {}).items():
+                if value is None:
+                    self.node["metadata"][part].pop(key, None)
+        for key, value in patch.get("spec", {}).items():
+            if value is None:
+                self.node["spec"].pop(key, None)
+            else:
+                self.node["spec"][key] = value
         return True
 
 
@@ -221,3 +244,41 @@ async def test_in_a_wave_drains_wait_until_every_node_is_marked() -> None:
     other_mark_done.set()
     await asyncio.gather(marking_other, draining_n1)
     assert [verb for verb, _, _ in pods.calls][:1] == ["list"]
+
+
+async def test_a_cancelled_scheduled_change_releases_only_a_node_marked_for_it_alone() -> None:
+    now = datetime.now(UTC)
+    pods = FakePods()
+    actor, writer, events, _ = make_actor(pods)
+    policy = planning.Policy.from_settings(Settings(policy={"scheduled_change": "cordon"}))  # type: ignore[arg-type]
+    open_ = ScheduledChange(event_id="h1", event_time=now, instance_ids=(INSTANCE,), deadline=now + timedelta(days=3))
+    ref = node_ref(NODE_JSON, selectors.parse(""))
+    loop = asyncio.get_running_loop()
+    await actor.act(planning.plan(open_, policy, now), open_, ref, loop.time(), logs.get("t"))
+    assert writer.node["spec"]["unschedulable"] is True
+    other = replace(open_, event_id="h2", status="cancelled")
+    await actor.act(planning.plan(other, policy, now), other, ref, loop.time(), logs.get("t"))
+    assert writer.node["spec"]["unschedulable"] is True  # another event's cancellation changes nothing
+    cancelled = replace(open_, status="cancelled")
+    await actor.act(planning.plan(cancelled, policy, now), cancelled, ref, loop.time(), logs.get("t"))
+    assert "unschedulable" not in writer.node["spec"] and writer.node["spec"]["taints"] == []
+    assert not [k for k in writer.node["metadata"]["annotations"] if k.startswith("spotq.io/")]
+    assert events.reasons[-1] == "NoticeEnded"
+    assert [verb for verb, _, _ in pods.calls] == []  # never drained
+
+
+async def test_a_cancelled_scheduled_change_keeps_the_marks_of_a_spot_warning() -> None:
+    now = datetime.now(UTC)
+    actor, writer, _, _ = make_actor(FakePods())
+    health = ScheduledChange(event_id="h1", event_time=now, instance_ids=(INSTANCE,), deadline=now + timedelta(days=3))
+    spot = SpotInterruption(
+        event_id="s1", event_time=now, instance_ids=(INSTANCE,), deadline=now + timedelta(seconds=120)
+    )
+    await act(actor, spot)
+    ref = node_ref(NODE_JSON, selectors.parse(""))
+    cancelled = replace(health, status="closed")
+    await actor.act(
+        planning.plan(cancelled, POLICY, now), cancelled, ref, asyncio.get_running_loop().time(), logs.get("t")
+    )
+    assert writer.node["spec"]["unschedulable"] is True
+    assert {t["key"] for t in writer.node["spec"]["taints"]} == {"spotq.io/spot-interruption"}

@@ -116,3 +116,11 @@ def test_late_notice_still_gets_the_minimum_window() -> None:
     spot = notices.SpotInterruption(event_time=T0, instance_ids=IDS, deadline=T0 + timedelta(seconds=120))
     late = T0 + timedelta(minutes=10)
     assert planning.plan(spot, DEFAULT, late).deadline == late + timedelta(seconds=15)
+
+
+@pytest.mark.parametrize(
+    ("status", "steps"), [("open", FULL), ("upcoming", FULL), ("closed", ["release"]), ("cancelled", ["release"])]
+)
+def test_a_scheduled_change_that_ended_releases_instead_of_draining(status: str, steps: list[str]) -> None:
+    health = notices.ScheduledChange(event_id="e", event_time=T0, instance_ids=IDS, status=status)
+    assert planning.plan(health, DEFAULT, T0).step_names == steps

@@ -1,5 +1,5 @@
-"""IMDS mode's policy for a bug in spotq's own code is queue mode's: log it with its traceback, keep the notice and
-try again (queue mode keeps the message), never let it bring the pod down."""
+"""IMDS mode's Watcher: a bug in spotq's own code is handled as queue mode handles it (logged with its traceback, the
+notice kept and tried again, the pod stays up); a maintenance event that ends is a new notice (its marks come off)."""
 
 from __future__ import annotations
 
@@ -49,3 +49,20 @@ async def test_an_unexpected_error_is_logged_kept_and_retried_without_stopping_t
     assert actor.calls == ["spot_interruption", "spot_interruption"]
     failed = [r for r in caplog.records if r.getMessage() == "notice handling failed; trying again at the next poll"]
     assert failed and failed[0].exc_info is not None  # with its traceback
+
+
+async def test_a_maintenance_event_that_is_canceled_after_acting_is_acted_on_again_with_a_release() -> None:
+    import json
+
+    from tests.unit.test_imds_mode import SCHEDULED_MAINTENANCE_PATH, RecordingActor, poll_and_settle, sample
+
+    events = json.loads(sample("maintenance-scheduled.json"))
+    imds = FakeMetadata({SCHEDULED_MAINTENANCE_PATH: json.dumps(events)})
+    actor = RecordingActor()
+    watcher, _ = make_watcher(imds, actor, scheduled_maintenance=True)
+    await poll_and_settle(watcher, rounds=2)
+    for event in events:
+        event["State"] = "canceled"
+    imds.documents[SCHEDULED_MAINTENANCE_PATH] = json.dumps(events)
+    await poll_and_settle(watcher, rounds=2)
+    assert [plan.step_names[-1] for plan, _, _ in actor.acted] == ["drain", "release"]

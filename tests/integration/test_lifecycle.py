@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -14,11 +16,55 @@ from .helpers import queue_depth, wait_until
 pytestmark = pytest.mark.integration
 
 HOOK_BODY = Path(__file__).parent.parent / "data/events/eventbridge/lifecycle-terminate.json"
+GROUP, HOOK = "eks-spot-workers", "node-termination-hook"  # as the sample event names them
+
+
+class PodsOnNode:
+    """Samples the workload pods still on a node (not terminating) every 50 ms, with the time of each sample."""
+
+    def __init__(self, cluster: LocalCluster, namespace: str, node: str) -> None:
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+
+        def sample() -> None:
+            while not self._stop.is_set():
+                pods = cluster.list_pods(namespace, node_name=node)
+                self.samples.append((time.time(), len([p for p in pods if not p["metadata"].get("deletionTimestamp")])))
+                self._stop.wait(0.05)
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+
+    def __enter__(self) -> PodsOnNode:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def create_group_with_hook(moto: MotoServer) -> None:
+    """The group and hook the event names, so the strict stub answers like AWS (a wrong name is refused)."""
+    autoscaling = moto.client("autoscaling")
+    autoscaling.create_launch_configuration(
+        LaunchConfigurationName="lc", ImageId="ami-12c6146b", InstanceType="m5.large"
+    )
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=GROUP, LaunchConfigurationName="lc", MinSize=0, MaxSize=2, AvailabilityZones=["us-east-1a"]
+    )
+    autoscaling.put_lifecycle_hook(
+        AutoScalingGroupName=GROUP,
+        LifecycleHookName=HOOK,
+        LifecycleTransition="autoscaling:EC2_INSTANCE_TERMINATING",
+        HeartbeatTimeout=300,
+    )
+    moto.lifecycle_log.strict = True
 
 
 def test_hook_gets_heartbeats_during_the_drain_and_continue_after_it(
     local_cluster: LocalCluster, moto: MotoServer, queue: str, spotq_env: dict[str, str], namespace: str, tmp_path: Path
 ) -> None:
+    create_group_with_hook(moto)
     victim, spare = local_cluster.create_spot_nodes(2)
     local_cluster.wait_nodes_ready([victim.node_name, spare.node_name])
     local_cluster.cordon(spare.node_name)  # all pods land on the victim first
@@ -30,13 +76,27 @@ def test_hook_gets_heartbeats_during_the_drain_and_continue_after_it(
     local_cluster.uncordon(spare.node_name)
     body = HOOK_BODY.read_text().replace("i-0633ac2b0d9769723", victim.instance_id)
     env = {**spotq_env, "SPOTQ_DRAIN__LIFECYCLE_HEARTBEAT_SECONDS": "1"}
-    with SpotqProcess(env, log_path=tmp_path / "spotq.log"):
+    with (
+        PodsOnNode(local_cluster, namespace, victim.node_name) as on_victim,
+        SpotqProcess(env, log_path=tmp_path / "spotq.log"),
+    ):
         moto.client("sqs").send_message(QueueUrl=queue, MessageBody=body)
         wait_until("hook completed", moto.completed_lifecycle_actions, timeout=90)
         wait_until("message deleted", lambda: queue_depth(moto, queue) == 0, timeout=30)
     calls = moto.lifecycle_actions()
+    assert all(call.accepted for call in calls), [c.error for c in calls]  # the strict stub took every call
+    assert {(c.auto_scaling_group_name, c.lifecycle_hook_name, c.instance_id) for c in calls} == {
+        (GROUP, HOOK, victim.instance_id)
+    }
     kinds = [call.action for call in calls]
     assert kinds.count("RecordLifecycleActionHeartbeat") >= 2, kinds
     assert kinds[-1] == "CompleteLifecycleAction" and kinds.count("CompleteLifecycleAction") == 1
     assert {call.lifecycle_action_token for call in calls} == {"0befcbdb-6ecd-498a-9ff7-ae9b54447cd6"}
-    assert not [p for p in local_cluster.list_pods(namespace, node_name=victim.node_name)]  # drained before CONTINUE
+    # Drained before CONTINUE: pods were on the node at first, and no sample after CONTINUE saw one.
+    completed_at = calls[-1].at
+    assert on_victim.samples[0][1] == 3
+    assert [n for at, n in on_victim.samples if at >= completed_at] and not [
+        n for at, n in on_victim.samples if at >= completed_at and n
+    ]
+    last_busy = max(at for at, n in on_victim.samples if n)
+    assert last_busy < completed_at

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from spotq import clock, draining, plans, records
 from spotq.budgets import Budgets
-from spotq.draining import DrainOptions, DrainReport, PodApi
+from spotq.draining import DrainDeadline, DrainOptions, DrainReport, PodApi
 from spotq.errors import PermanentError, TransientError
 from spotq.kube.marks import Marks
 from spotq.kube.nodes import NodeIndex, NodeRef
@@ -75,7 +75,7 @@ class Actor:
         self._drain_slots = drain_slots
         self._evictions = evictions
         self._budgets = budgets
-        self._drains: dict[str, asyncio.Future[DrainReport]] = {}
+        self._drains: dict[str, tuple[asyncio.Future[DrainReport], DrainDeadline]] = {}
         # What this process did, for the moments before the index shows spotq's own writes (node UID → ...).
         self._drained: OrderedDict[str, None] = OrderedDict()
         self._announced: OrderedDict[tuple[str, str, str], None] = OrderedDict()
@@ -184,15 +184,20 @@ class Actor:
     async def _drain_once(
         self, node: NodeRef, plan: plans.Plan, hook: LifecycleHook | None, log: logs.Context
     ) -> DrainReport:
-        """One drain per node: a second notice for a node being drained waits for the running drain."""
+        """One drain per node: a second notice for a node being drained waits for the running drain, bringing its
+        deadline forward if its own is earlier (a state change after a Spot warning)."""
+        deadline = clock.loop_deadline(plan.deadline)
         running = self._drains.get(node.name)
         if running is not None:
-            log.info("drain already running, joining it")
-            return await asyncio.shield(running)
+            joined, due = running
+            moved = due.move_earlier(deadline)
+            log.info("drain already running, joining it", extra={"deadline_moved_earlier": moved})
+            return await asyncio.shield(joined)
         future: asyncio.Future[DrainReport] = asyncio.get_running_loop().create_future()
-        self._drains[node.name] = future
+        due = DrainDeadline(deadline)
+        self._drains[node.name] = (future, due)
         try:
-            report = await self._drain(node, plan, hook, log)
+            report = await self._drain(node, due, hook, log)
         except BaseException as exc:
             future.set_exception(exc if isinstance(exc, Exception) else TransientError("drain cancelled"))
             future.exception()  # retrieved: joiners re-raise it, nobody else must
@@ -203,13 +208,12 @@ class Actor:
         return report
 
     async def _drain(
-        self, node: NodeRef, plan: plans.Plan, hook: LifecycleHook | None, log: logs.Context
+        self, node: NodeRef, deadline: DrainDeadline, hook: LifecycleHook | None, log: logs.Context
     ) -> DrainReport:
-        deadline = clock.loop_deadline(plan.deadline)
         loop = asyncio.get_running_loop()
         await self._after_marks()
         asked = loop.time()
-        async with self._drain_slots.hold(deadline):
+        async with self._drain_slots.hold(deadline.at):
             started = loop.time()
             metrics.DRAINS_IN_FLIGHT.inc()
             try:

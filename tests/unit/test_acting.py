@@ -103,7 +103,7 @@ def make_actor(
         events=events,
         lifecycle=lifecycle,
         index=index,
-        config=acting.ActorConfig("spotq.io", DrainOptions(retry_initial_seconds=0.02), heartbeat),
+        config=acting.ActorConfig("spotq.io", DrainOptions(retry_initial_seconds=0.02, settle_seconds=0.1), heartbeat),
         drain_slots=DeadlineSlots(slots),
         evictions=asyncio.Semaphore(10),
     )
@@ -282,3 +282,27 @@ async def test_a_cancelled_scheduled_change_keeps_the_marks_of_a_spot_warning() 
     )
     assert writer.node["spec"]["unschedulable"] is True
     assert {t["key"] for t in writer.node["spec"]["taints"]} == {"spotq.io/spot-interruption"}
+
+
+async def test_a_joining_notice_with_an_earlier_deadline_brings_the_running_drain_forward() -> None:
+    now = datetime.now(UTC)
+    pods = FakePods(budgets={"web": 0})  # the budget never allows the eviction: the drain runs to its deadline
+    pods.add("n1", "web-0", group="web")
+    actor, writer, _, _ = make_actor(pods)
+    far = SpotInterruption(
+        event_id="a", event_time=now, instance_ids=(INSTANCE,), deadline=now + timedelta(seconds=120)
+    )
+    first = asyncio.create_task(act(actor, far))
+    await asyncio.sleep(0.2)
+    assert not first.done()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    # Its deadline less the 10 s margin is 1 s away: the shared drain must end then, not 110 s from now.
+    near = replace(far, event_id="b", deadline=datetime.now(UTC) + timedelta(seconds=11))
+    no_minimum = planning.Policy.from_settings(Settings(drain={"min_window_seconds": 0}))  # type: ignore[arg-type]
+    plan = planning.plan(near, no_minimum, datetime.now(UTC))
+    async with asyncio.timeout(10):
+        await actor.act(plan, near, node_ref(NODE_JSON, selectors.parse("")), loop.time(), logs.get("t"))
+        await first
+    assert loop.time() - started < 5
+    assert writer.node["metadata"]["annotations"]["spotq.io/drain"] == "timed-out"

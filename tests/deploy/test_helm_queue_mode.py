@@ -239,6 +239,37 @@ def _release_pods(local_cluster: LocalCluster) -> list[JSON]:
     return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
 
 
+def _place_own_pod(local_cluster: LocalCluster, node_name: str | None) -> JSON:
+    """Pin the release's pod to a node (None: back to the scheduler's choice); returns the one running pod once the
+    rollout is complete."""
+    path = f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{RELEASE}"
+    generation = local_cluster.client.patch(path, {"spec": {"template": {"spec": {"nodeName": node_name}}}})[
+        "metadata"
+    ]["generation"]
+
+    found: list[JSON] = []
+
+    def placed() -> bool:
+        status = local_cluster.client.get(path).get("status", {})
+        rolled = status.get("observedGeneration", 0) >= generation and status.get("updatedReplicas") == 1
+        rolled = rolled and status.get("replicas") == 1 and status.get("availableReplicas") == 1
+        pods = _release_pods(local_cluster)
+        if rolled and len(pods) == 1 and (node_name is None or pods[0]["spec"].get("nodeName") == node_name):
+            found[:] = pods
+        return bool(found)
+
+    wait_until("spotq's pod placed", placed, timeout=90, interval=0.5)
+    return found[0]
+
+
+def _own_pod_on(local_cluster: LocalCluster, node_name: str) -> JSON:
+    return _place_own_pod(local_cluster, node_name)
+
+
+def _own_pod_anywhere(local_cluster: LocalCluster) -> None:
+    _place_own_pod(local_cluster, None)
+
+
 def test_spot_interruption_on_the_bus_drains_the_node_as_the_chart_service_account(
     local_cluster: LocalCluster,
     moto_server: MotoServer,
@@ -248,9 +279,8 @@ def test_spot_interruption_on_the_bus_drains_the_node_as_the_chart_service_accou
     tmp_path: Path,
 ) -> None:
     target, instance_id, spare = web_pods_on_one_node(local_cluster, namespace)
-
-    local_cluster.wait_deployments_ready(NAMESPACE, [RELEASE], timeout=60)
-    (own,) = _release_pods(local_cluster)
+    # spotq's own pod on the very node it will drain: it must be left alone (and not only by luck of placement).
+    own = _own_pod_on(local_cluster, target)
     env = _spotq_env(local_cluster, moto_server, token_kubeconfig, own)
     assert env["SPOTQ_QUEUE__URL"] == stack["QueueURL"]
     argv = [sys.executable, "-m", "spotq", "run"]
@@ -297,10 +327,13 @@ def test_spot_interruption_on_the_bus_drains_the_node_as_the_chart_service_accou
         )
         assert any(e.get("source", {}).get("component") == "spotq" for e in events)
 
-        # Its own pod (wherever the scheduler put it, the target node included) was left alone.
-        assert [p["metadata"]["uid"] for p in _release_pods(local_cluster)] == [own["metadata"]["uid"]]
+        # Its own pod, on the drained node, was left alone.
+        assert [(p["metadata"]["uid"], p["spec"]["nodeName"]) for p in _release_pods(local_cluster)] == [
+            (own["metadata"]["uid"], target)
+        ]
     finally:
         code = spotq.stop(timeout=30)
+        _own_pod_anywhere(local_cluster)
     log = spotq.log_path.read_text()
     assert refusals(log) == [], log[-4000:]
     assert code == 0, log[-4000:]

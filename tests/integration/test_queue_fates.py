@@ -58,7 +58,14 @@ def test_a_message_that_finishes_during_sigterm_is_deleted(
     (victim,) = local_cluster.create_spot_nodes(1)
     local_cluster.wait_nodes_ready([victim.node_name])
     # A PDB that allows no disruption holds the drain until the test lifts it, after SIGTERM.
-    local_cluster.create_deployment_with_pdb(namespace, "held", 1, min_available=1, termination_grace_period_seconds=1)
+    local_cluster.create_deployment_with_pdb(
+        namespace,
+        "held",
+        1,
+        min_available=1,
+        termination_grace_period_seconds=1,
+        node_selector={"kubernetes.io/hostname": victim.node_name},
+    )
     local_cluster.wait_deployments_ready(namespace, ["held"])
     log_path = tmp_path / "spotq.log"
     spotq = SpotqProcess({**spotq_env, "SPOTQ_QUEUE__STOP_GRACE_SECONDS": "25"}, log_path=log_path).start()

@@ -229,7 +229,7 @@ class Actor:
         duration, queued = loop.time() - started, started - asked
         result = "complete" if report.complete else ("timed_out" if report.timed_out else "blocked")
         metrics.DRAIN_DURATION.labels(result=result).observe(duration)
-        fields = {
+        fields: dict[str, object] = {
             "evicted": len(report.evicted),
             "blocked": len(report.blocked),
             "seconds": round(duration, 2),
@@ -237,10 +237,14 @@ class Actor:
         }
         # The notice's Event announced the drain; this one closes it (and says if it had to queue for a slot).
         waited = f" after waiting {queued:.0f}s for a drain slot" if queued >= SLOT_WAIT_REPORT_SECONDS else ""
+        forced = "; ".join(f"{pod}: {why}" for pod, why in sorted(report.forced.items()))
+        if forced:
+            fields["forced"] = forced
+        note = f" ({len(report.forced)} force-deleted: {forced})" if forced else ""
         if report.complete:
             log.info("drain finished", extra=fields)
             await self._events.node_event(
-                node, "DrainFinished", f"evicted {len(report.evicted)} pods in {duration:.1f}s{waited}"
+                node, "DrainFinished", f"evicted {len(report.evicted)} pods in {duration:.1f}s{waited}{note}"
             )
         else:
             blockers = "; ".join(f"{pod}: {why}" for pod, why in sorted(report.blocked.items()))
@@ -248,7 +252,7 @@ class Actor:
             await self._events.node_event(
                 node,
                 "DrainTimedOut" if report.timed_out else "DrainBlocked",
-                f"{len(report.blocked)} pods not drained{waited}: {blockers}",
+                f"{len(report.blocked)} pods not drained{waited}: {blockers}{note}",
                 warning=True,
             )
         state = "finished" if report.complete else ("timed-out" if report.timed_out else "blocked")

@@ -150,6 +150,12 @@ class DrainSettings(_Group):
         description="If >0, this many s before the deadline delete PDB-blocked pods with their remaining grace; "
         "0: never (PDBs always win).",
     )
+    settle_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="A drain is complete only this long after it started with nothing left on the node, s: pods "
+        "bound to the node just before its taint (or re-created onto it) are seen and evicted too.",
+    )
     retry_initial_seconds: float = Field(0.5, gt=0, description="First back-off after a 429, s.")
     retry_max_seconds: float = Field(5.0, gt=0, description="Longest back-off between eviction attempts, s.")
     lifecycle_heartbeat_seconds: float = Field(

@@ -22,8 +22,12 @@ from spotq.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`spotq ARGS`: the process's exit status, returned (also for --help and usage errors) rather than exited."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits after --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:
         parser.print_help()
         return 2

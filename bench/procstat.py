@@ -1,11 +1,15 @@
-"""CPU seconds and memory of a process from /proc: utime+stime, VmRSS sampled, VmHWM (the kernel's own peak)."""
+"""CPU seconds and memory of a process from /proc: utime+stime, VmRSS sampled, VmHWM (the kernel's own peak); the
+machine's load and what it is (recorded with every result).
+"""
 
 from __future__ import annotations
 
 import os
+import platform
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -30,6 +34,27 @@ def memory_mb(pid: int) -> dict[str, float]:
 
 def load_average() -> float:
     return os.getloadavg()[0]
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with open("/proc/meminfo") as handle:
+        for line in handle:
+            if line.startswith("MemTotal"):
+                mem_kb = int(line.split()[1])
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
 
 
 @dataclass

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from spotq import clock, draining, plans, records
 from spotq.budgets import Budgets
-from spotq.draining import DrainDeadline, DrainOptions, DrainReport, PodApi
+from spotq.draining import DrainDeadline, DrainOptions, DrainReport
 from spotq.errors import PermanentError, TransientError
-from spotq.kube.marks import Marks
-from spotq.kube.nodes import NodeIndex, NodeRef
 from spotq.notices import LifecycleHook, Notice
 from spotq.observability import logs, metrics
+from spotq.ports import (
+    DrainState,
+    EventSink,
+    LifecycleApi,
+    NodeLookup,
+    NodeMarks,
+    NodeRef,
+    NodeWriter,
+    NoticeRecord,
+    PodApi,
+)
 from spotq.slots import DeadlineSlots
 
 # In a wave of notices, taints go out before any drain or Event asks the API server for anything (each such
@@ -27,22 +35,6 @@ MARKS_FIRST_SECONDS = 5.0
 # Two Events a node, the notice and the drain's end (not three: in a wave of hundreds each one is an API request);
 # the end names a wait for a drain slot (drain.max_concurrent_nodes) from this long on.
 SLOT_WAIT_REPORT_SECONDS = 1.0
-
-
-class NodeWriter(Protocol):
-    async def mark(self, node: NodeRef, marks: Marks) -> bool: ...
-
-    async def release_for(self, node: NodeRef, prefix: str, notice_key: str, notice_id: str) -> bool: ...
-
-
-class EventSink(Protocol):
-    async def node_event(self, node: NodeRef, reason: str, message: str, *, warning: bool = False) -> None: ...
-
-
-class LifecycleApi(Protocol):
-    async def complete(self, hook: LifecycleHook) -> None: ...
-
-    async def heartbeat(self, hook: LifecycleHook) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -60,7 +52,7 @@ class Actor:
         pods: PodApi,
         events: EventSink,
         lifecycle: LifecycleApi | None,
-        index: NodeIndex,
+        index: NodeLookup,
         config: ActorConfig,
         drain_slots: DeadlineSlots,
         evictions: asyncio.Semaphore,
@@ -133,8 +125,7 @@ class Actor:
         if node.name in self._drains:
             log.info("notice ended while its drain runs: marks kept")
             return
-        key = records.notice_key(self._config.prefix, notice.kind)
-        released = await self._writer.release_for(node, self._config.prefix, key, notice.event_id or "")
+        released = await self._writer.release_for(node, notice.kind, notice.event_id or "")
         log.info("marks released: the notice ended" if released else "notice ended; no marks of its own to release")
         if released:
             await self._events.node_event(node, "NoticeEnded", f"{notice.kind.value} {notice.event_id} ended: released")
@@ -143,8 +134,8 @@ class Actor:
         """True once per notice and node: not when the node's record already names it (a redelivery, or a
         restarted spotq), nor when this process announced it already."""
         key = (node.uid, notice.kind.value, notice.event_id or "")
-        recorded = records.notice_id(node, self._config.prefix, notice.kind)
-        if key in self._announced or (recorded is not None and recorded == notice.event_id):
+        recorded = node.record(notice.kind)
+        if key in self._announced or (recorded is not None and recorded.id == notice.event_id):
             return False
         _remember(self._announced, key)
         return True
@@ -154,31 +145,18 @@ class Actor:
         (spotq stopped) or timed out is run again: what is left on the node is what still needs to go."""
         if node.name in self._drains:
             return False  # running: join it
-        state = records.drain_state(node, self._config.prefix)
-        return node.uid in self._drained or state == records.DRAIN_FINISHED
+        return node.uid in self._drained or node.drain_state == records.DRAIN_FINISHED
 
-    def _marks(self, plan: plans.Plan, notice: Notice) -> Marks | None:
+    def _marks(self, plan: plans.Plan, notice: Notice) -> NodeMarks | None:
         if not plan.marks_node:
             return None
-        taints = tuple(
-            (step.key, notice.event_id or "", step.effect) for step in plan.steps if isinstance(step, plans.Taint)
-        )
-        labels = {step.label: "true" for step in plan.steps if isinstance(step, plans.ExcludeFromLoadBalancers)}
-        record = {
-            "id": notice.event_id,
-            "noticed_at": clock.now().isoformat(),
-            "deadline": plan.deadline.isoformat(),
-        }
-        annotations = {records.notice_key(self._config.prefix, notice.kind): json.dumps(record)}
-        if plan.drains:
-            # Only where no drain is on record yet: a repeated notice for a drained node changes nothing.
-            annotations[records.drain_key(self._config.prefix)] = records.DRAIN_STARTED
-        return Marks(
-            taints=tuple((key, _label_value(value), effect) for key, value, effect in taints),
+        value = _label_value(notice.event_id or "")
+        return NodeMarks(
+            taints=tuple((step.key, value, step.effect) for step in plan.steps if isinstance(step, plans.Taint)),
             cordon=plan.find(plans.Cordon) is not None,
-            labels=labels,
-            annotations=annotations,
-            owner_key=f"{self._config.prefix}/owned",
+            exclude_from_load_balancers=plan.find(plans.ExcludeFromLoadBalancers) is not None,
+            record=NoticeRecord(notice.kind, notice.event_id, deadline=plan.deadline, noticed_at=clock.now()),
+            drain_started=plan.drains,
         )
 
     async def _drain_once(
@@ -255,9 +233,9 @@ class Actor:
                 f"{len(report.blocked)} pods not drained{waited}: {blockers}{note}",
                 warning=True,
             )
-        state = "finished" if report.complete else ("timed-out" if report.timed_out else "blocked")
+        state: DrainState = "finished" if report.complete else ("timed-out" if report.timed_out else "blocked")
         fresh = self._index.by_name(node.name) or node
-        await self._writer.mark(fresh, Marks(overwrite_annotations={records.drain_key(self._config.prefix): state}))
+        await self._writer.record_drain(fresh, state)
         if report.complete:
             _remember(self._drained, node.uid)
         return report

@@ -29,6 +29,7 @@ from spotq.kube.nodes import NodeIndex
 from spotq.kube.pdbs import watch_budgets
 from spotq.kube.pods import PodClient
 from spotq.observability import probes
+from spotq.ports import LifecycleApi
 from spotq.resolving import Resolver
 from spotq.settings import Settings
 from spotq.slots import DeadlineSlots
@@ -64,7 +65,7 @@ class Core:
     """Fed by `kube.pdbs.watch_budgets(kube, budgets)`; until that runs, evictions retry PDB refusals on a timer."""
 
 
-async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: acting.LifecycleApi | None) -> Core:
+async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: LifecycleApi | None) -> Core:
     selector = selectors.parse(settings.kube.node_selector)
     # Each drain holds one pod watch; ordinary requests (at most max_in_flight) and the index watches beside them.
     connections = settings.drain.max_concurrent_nodes + settings.kube.max_in_flight + 8
@@ -73,7 +74,7 @@ async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: acting
     index = NodeIndex(selector, settings.kube.taint_prefix)
     budgets = Budgets()
     actor = acting.Actor(
-        writer=NodeMarker(kube),
+        writer=NodeMarker(kube, settings.kube.taint_prefix),
         pods=PodClient(kube),
         events=EventRecorder(kube),
         lifecycle=lifecycle,

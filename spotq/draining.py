@@ -19,15 +19,14 @@ import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 from spotq.budgets import BudgetKey, Budgets
 from spotq.errors import ApiError, SpotqError
 from spotq.observability import metrics
+from spotq.ports import Pod, PodApi, PodEvent
 
 log = logging.getLogger(__name__)
-
-FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
 
 # How long a budget may show no progress (no status update, no admission) before its waiting pods ask the API
 # server anyway: a lost watch event must not stall a drain; the watch normally reports a change within a second.
@@ -36,28 +35,6 @@ BUDGET_PATIENCE_SECONDS = 10.0
 # Drains are numbered as they start: among equal deadlines, earlier drains' pods take budget room first.
 _DRAINS = itertools.count()
 _REFUSING_BUDGET = re.compile(r"disruption budget ([a-z0-9]([-a-z0-9.]*[a-z0-9])?) needs")
-
-
-@dataclass(frozen=True)
-class Pod:
-    namespace: str
-    name: str
-    uid: str
-    phase: str = "Running"
-    grace_seconds: int = 30
-    controller_kind: str | None = None
-    mirror: bool = False
-    uses_emptydir: bool = False
-    terminating: bool = False
-    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs: which PDB covers the pod
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def finished(self) -> bool:
-        return self.phase in FINISHED_PHASES
 
 
 @dataclass(frozen=True)
@@ -120,25 +97,6 @@ class DrainDeadline:
             yield
         finally:
             self._listeners.remove(listener)
-
-
-PodEvent = tuple[str, Pod | None, str]  # (watch event type, pod or None for bookmarks, resourceVersion)
-
-
-class PodApi(Protocol):
-    async def open_on_node(self, node: str) -> tuple[list[Pod], str, AsyncGenerator[PodEvent, None] | None]:
-        """The node's pods, their resourceVersion and, where one request gives both, the watch from there on."""
-        ...
-
-    async def list_on_node(self, node: str) -> tuple[list[Pod], str]: ...
-
-    def watch_on_node(self, node: str, version: str) -> AsyncGenerator[PodEvent, None]:
-        """Yield (event type, pod or None for bookmarks, resourceVersion) until the server ends the watch."""
-        ...
-
-    async def evict(self, pod: Pod, grace_seconds: int | None) -> None: ...
-
-    async def delete(self, pod: Pod, grace_seconds: int | None) -> None: ...
 
 
 @dataclass

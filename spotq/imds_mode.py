@@ -21,7 +21,6 @@ from spotq import app, clock, notices, parsing, planning, plans, resuming
 from spotq.aws.imds import ImdsClient, ImdsConfig, ImdsError
 from spotq.draining import DrainReport
 from spotq.errors import PermanentError, TransientError
-from spotq.kube.nodes import NodeRef
 from spotq.notices import InstanceId, Notice
 from spotq.observability import logs, metrics
 from spotq.parsing_imds import (  # the names tests and callers use: imds_mode.parse_*
@@ -29,6 +28,7 @@ from spotq.parsing_imds import (  # the names tests and callers use: imds_mode.p
     parse_rebalance,
     parse_scheduled_maintenance,
 )
+from spotq.ports import NodeRef
 from spotq.settings import Settings
 
 log = logs.get("spotq.imds")

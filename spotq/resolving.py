@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
 
-from spotq.aws.ec2 import InstanceInfo
-from spotq.kube.nodes import NodeIndex, NodeRef
 from spotq.notices import InstanceId
-
-
-class Describer(Protocol):
-    async def describe(self, instance_id: InstanceId) -> InstanceInfo | None: ...
+from spotq.ports import InstanceInfo, InstanceLookup, NodeLookup, NodeRef
 
 
 @dataclass(frozen=True)
@@ -22,7 +16,7 @@ class Resolution:
 
 
 class Resolver:
-    def __init__(self, index: NodeIndex, describer: Describer | None, instance_tag: str = "") -> None:
+    def __init__(self, index: NodeLookup, describer: InstanceLookup | None, instance_tag: str = "") -> None:
         self._index = index
         self._describer = describer
         key, _, value = instance_tag.partition("=")

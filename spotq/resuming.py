@@ -13,8 +13,8 @@ from typing import Protocol
 
 from spotq import clock, records
 from spotq.draining import DrainReport
-from spotq.kube.nodes import NodeRef
 from spotq.observability import logs, metrics
+from spotq.ports import NodeRef
 
 log = logs.get("spotq.resuming")
 
@@ -35,7 +35,7 @@ async def resume_unfinished(index: Nodes, actor: Resumer, prefix: str) -> None:
     is logged: its message, when it returns, tries again."""
     await index.synced.wait()
     now = clock.now()
-    found = [(node, records.unfinished_drain(node, prefix, now)) for node in index.nodes() if node.in_scope]
+    found = [(node, records.unfinished_drain(node, now)) for node in index.nodes() if node.in_scope]
     due = [(node, deadline) for node, deadline in found if deadline is not None]
     if not due:
         return

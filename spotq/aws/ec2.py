@@ -7,7 +7,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -15,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from spotq.errors import TransientError
 from spotq.notices import InstanceId
 from spotq.observability import metrics
+from spotq.ports import InstanceInfo
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,6 @@ FOUND_TTL_SECONDS = 300.0
 NOT_FOUND_TTL_SECONDS = 30.0
 # Bounded: a long-running process sees many instances come and go.
 MAX_CACHED = 10_000
-
-
-@dataclass(frozen=True)
-class InstanceInfo:
-    instance_id: InstanceId
-    private_dns_name: str
-    tags: dict[str, str]
 
 
 class InstanceLookup:

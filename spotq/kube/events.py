@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from spotq.errors import SpotqError
 from spotq.kube.client import KubeClient
-from spotq.kube.nodes import NodeRef
+from spotq.ports import NodeRef
 from spotq.ratelimit import Priority
 
 log = logging.getLogger(__name__)

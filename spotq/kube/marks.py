@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spotq.errors import ApiError, TransientError
-from spotq.kube.nodes import NodeRef
+from spotq.kube import records
+from spotq.kube.nodes import LB_LABEL
 from spotq.kube.transport import JSON, Transport
+from spotq.notices import Kind
+from spotq.ports import DrainState, NodeMarks, NodeRef
 from spotq.ratelimit import Priority
 
 CONFLICT_RETRIES = 8
@@ -72,22 +75,45 @@ def patch_for(node: JSON, marks: Marks) -> JSON | None:
     return patch
 
 
+def marks_for(marks: NodeMarks, prefix: str) -> Marks:
+    """What a notice asks of a node (ports.NodeMarks), in annotation keys and labels (pure)."""
+    annotations: dict[str, str] = {}
+    if marks.record is not None:
+        annotations[records.notice_key(prefix, marks.record.kind)] = records.encode(marks.record)
+    if marks.drain_started:
+        # Only where no drain is on record yet: a repeated notice for a drained node changes nothing.
+        annotations[records.drain_key(prefix)] = "started"
+    return Marks(
+        taints=marks.taints,
+        cordon=marks.cordon,
+        labels={LB_LABEL: "true"} if marks.exclude_from_load_balancers else {},
+        annotations=annotations,
+        owner_key=records.owner_key(prefix),
+    )
+
+
 class NodeMarker:
-    """acting.NodeWriter over the API server; starts from the index's trimmed view to save a GET."""
+    """ports.NodeWriter over the API server; starts from the index's trimmed copy to save a GET."""
 
-    def __init__(self, client: Transport) -> None:
+    def __init__(self, client: Transport, prefix: str = "spotq.io") -> None:
         self._client = client
+        self._prefix = prefix
 
-    async def mark(self, node: NodeRef, marks: Marks) -> bool:
-        return await apply(self._client, node.name, marks, node.view)
+    async def mark(self, node: NodeRef, marks: NodeMarks) -> bool:
+        return await apply(self._client, node.name, marks_for(marks, self._prefix), node.cached)
 
-    async def release_for(self, node: NodeRef, prefix: str, notice_key: str, notice_id: str) -> bool:
+    async def record_drain(self, node: NodeRef, state: DrainState) -> None:
+        overwrite = Marks(overwrite_annotations={records.drain_key(self._prefix): state})
+        await apply(self._client, node.name, overwrite, node.cached)
+
+    async def release_for(self, node: NodeRef, kind: Kind, notice_id: str) -> bool:
         """Take spotq's marks off a node that carries them for this one notice only (it was cancelled)."""
+        key = records.notice_key(self._prefix, kind)
 
         def undo(current: JSON) -> JSON | None:
-            return release_patch_for(current, prefix, notice_key, notice_id)
+            return release_patch_for(current, self._prefix, key, notice_id)
 
-        return await patch_node(self._client, node.name, undo, node.view)
+        return await patch_node(self._client, node.name, undo, node.cached)
 
 
 def release_patch(node: JSON, prefix: str) -> JSON | None:

@@ -9,30 +9,17 @@ import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from spotq import selectors
-from spotq.kube import watching
+from spotq.kube import records, watching
 from spotq.kube.transport import JSON, Transport
 from spotq.notices import InstanceId
 from spotq.observability import metrics
+from spotq.ports import NodeRef
 
 log = logging.getLogger(__name__)
 
 _PROVIDER_ID = re.compile(r"^aws:///[^/]*/(i-[0-9a-f]+)$")
-
-
-@dataclass(slots=True, frozen=True)
-class NodeRef:
-    name: str
-    uid: str
-    instance_id: InstanceId | None
-    hostname: str | None
-    in_scope: bool
-    ready: bool
-    resource_version: str
-    view: JSON
-    """A trimmed copy (taints, unschedulable, spotq's own labels and annotations) that marks.patch_for reads."""
 
 
 def instance_of(provider_id: str | None) -> InstanceId | None:
@@ -44,15 +31,18 @@ LB_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 
 
 def node_ref(node: JSON, selector: selectors.Selector, prefix: str = "spotq.io") -> NodeRef:
+    """The node as the stages see it (spotq's own records read from its annotations), with a trimmed copy of what
+    marks.patch_for needs (taints, unschedulable, spotq's own labels and annotations) as the writer's cache."""
     meta = node.get("metadata", {})
     labels: dict[str, str] = meta.get("labels") or {}
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(prefix)}
     spec = node.get("spec") or {}
     view: JSON = {
         "metadata": {
             "name": meta["name"],
             "resourceVersion": meta.get("resourceVersion", ""),
             "labels": {k: v for k, v in labels.items() if k == LB_LABEL or k.startswith(prefix)},
-            "annotations": {k: v for k, v in (meta.get("annotations") or {}).items() if k.startswith(prefix)},
+            "annotations": annotations,
         },
         "spec": {"taints": spec.get("taints") or [], "unschedulable": bool(spec.get("unschedulable"))},
     }
@@ -66,7 +56,9 @@ def node_ref(node: JSON, selector: selectors.Selector, prefix: str = "spotq.io")
         in_scope=selector.matches(labels),
         ready=ready,
         resource_version=meta.get("resourceVersion", ""),
-        view=view,
+        drain_state=annotations.get(records.drain_key(prefix)),
+        records=records.read(annotations, prefix),
+        cached=view,
     )
 
 

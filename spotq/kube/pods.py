@@ -1,4 +1,4 @@
-"""Pods of one node: list, watch, evict (policy/v1 with a UID precondition), delete. Implements draining.PodApi."""
+"""Pods of one node: list, watch, evict (policy/v1 with a UID precondition), delete. Implements ports.PodApi."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from spotq.draining import Pod
 from spotq.errors import ApiError
 from spotq.kube.transport import JSON, Transport
+from spotq.ports import Pod
 
 log = logging.getLogger(__name__)
 

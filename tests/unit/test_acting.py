@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 from spotq import acting, planning, selectors
 from spotq.draining import DrainOptions
-from spotq.kube.marks import Marks, patch_for, release_patch_for
+from spotq.kube.marks import Marks, marks_for, patch_for, release_patch_for
 from spotq.kube.nodes import NodeIndex, NodeRef, node_ref
+from spotq.kube.records import notice_key
 from spotq.notices import (
     InstanceId,
+    Kind,
     LifecycleHook,
     LifecycleTerminate,
     ScheduledChange,
@@ -19,6 +21,7 @@ from spotq.notices import (
     StateChange,
 )
 from spotq.observability import logs
+from spotq.ports import NodeMarks
 from spotq.settings import Settings
 from spotq.slots import DeadlineSlots
 from tests.fakes import FakePods
@@ -43,18 +46,17 @@ class FakeWriter:
     )  # type: ignore[type-arg]
     patches: list[dict] = field(default_factory=list)  # type: ignore[type-arg]
 
-    async def mark(self, node: NodeRef, marks: Marks) -> bool:
-        patch = patch_for(self.node, marks)
-        if patch is None:
-            return False
-        self.patches.append(patch)
-        self.node["metadata"]["labels"].update(patch["metadata"].get("labels", {}))
-        self.node["metadata"]["annotations"].update(patch["metadata"].get("annotations", {}))
-        self.node["spec"].update(patch.get("spec", {}))
-        return True
+    async def mark(self, node: NodeRef, marks: NodeMarks) -> bool:
+        return self._apply(patch_for(self.node, marks_for(marks, "spotq.io")))
 
-    async def release_for(self, node: NodeRef, prefix: str, notice_key: str, notice_id: str) -> bool:
-        patch = release_patch_for(self.node, prefix, notice_key, notice_id)
+    async def record_drain(self, node: NodeRef, state: str) -> None:
+        self._apply(patch_for(self.node, Marks(overwrite_annotations={"spotq.io/drain": state})))
+
+    async def release_for(self, node: NodeRef, kind: Kind, notice_id: str) -> bool:
+        return self._apply(release_patch_for(self.node, "spotq.io", notice_key("spotq.io", kind), notice_id))
+
+    def _apply(self, patch: dict | None) -> bool:  # type: ignore[type-arg]
+        """As the API server applies a merge patch: null removes."""
         if patch is None:
             return False
         self.patches.append(patch)
@@ -62,6 +64,8 @@ class FakeWriter:
             for key, value in patch["metadata"].get(part, {}).items():
                 if value is None:
                     self.node["metadata"][part].pop(key, None)
+                else:
+                    self.node["metadata"][part][key] = value
         for key, value in patch.get("spec", {}).items():
             if value is None:
                 self.node["spec"].pop(key, None)

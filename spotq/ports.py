@@ -1,0 +1,154 @@
+"""The edges as the stages see them: the data they get back and the small Protocols they call.
+
+Stages (resolving, handling, acting, draining, resuming, polling) depend on these only; `spotq/kube/` and
+`spotq/aws/` implement them, and translate to and from the wire (JSON, annotation keys, patches) there. The
+architecture contract in pyproject.toml (import-linter) keeps the stages from importing an SDK or an edge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from spotq.notices import InstanceId, Kind, LifecycleHook
+
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+DrainState = Literal["started", "finished", "timed-out", "blocked"]
+
+
+@dataclass(frozen=True)
+class NoticeRecord:
+    """What spotq records on a node about a notice that acted on it (the first of its kind stays on record)."""
+
+    kind: Kind
+    id: str | None
+    deadline: datetime | None = None
+    noticed_at: datetime | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class NodeRef:
+    """A node as the index knows it: what the stages decide on, plus the edge's own cached copy."""
+
+    name: str
+    uid: str
+    instance_id: InstanceId | None
+    hostname: str | None
+    in_scope: bool
+    ready: bool
+    resource_version: str
+    drain_state: DrainState | str | None = None
+    """spotq's record of its drain: started, finished, timed-out or blocked; None if it never drained the node."""
+    records: tuple[NoticeRecord, ...] = ()
+    cached: Any = field(default=None, compare=False, repr=False)
+    """Opaque to the stages: the node writer's copy, so a mark needs no GET."""
+
+    def record(self, kind: Kind) -> NoticeRecord | None:
+        return next((r for r in self.records if r.kind is kind), None)
+
+
+@dataclass(frozen=True)
+class NodeMarks:
+    """What a notice asks to be true of a node. Taints, cordon, the label and the record are added where missing;
+    the record and the drain's start are written only where absent (the first notice stays on record)."""
+
+    taints: tuple[tuple[str, str, TaintEffect], ...] = ()  # (key, value, effect)
+    cordon: bool = False
+    exclude_from_load_balancers: bool = False
+    record: NoticeRecord | None = None
+    drain_started: bool = False
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    instance_id: InstanceId
+    private_dns_name: str
+    tags: dict[str, str]
+
+
+FINISHED_PHASES = frozenset({"Succeeded", "Failed"})
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    uid: str
+    phase: str = "Running"
+    grace_seconds: int = 30
+    controller_kind: str | None = None
+    mirror: bool = False
+    uses_emptydir: bool = False
+    terminating: bool = False
+    labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs: which PDB covers the pod
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in FINISHED_PHASES
+
+
+PodEvent = tuple[str, Pod | None, str]  # (watch event type, pod or None for bookmarks, resourceVersion)
+
+
+class PodApi(Protocol):
+    async def open_on_node(self, node: str) -> tuple[list[Pod], str, AsyncGenerator[PodEvent, None] | None]:
+        """The node's pods, their resourceVersion and, where one request gives both, the watch from there on."""
+        ...
+
+    async def list_on_node(self, node: str) -> tuple[list[Pod], str]: ...
+
+    def watch_on_node(self, node: str, version: str) -> AsyncGenerator[PodEvent, None]:
+        """Yield (event type, pod or None for bookmarks, resourceVersion) until the server ends the watch."""
+        ...
+
+    async def evict(self, pod: Pod, grace_seconds: int | None) -> None: ...
+
+    async def delete(self, pod: Pod, grace_seconds: int | None) -> None: ...
+
+
+class NodeLookup(Protocol):
+    """The watch-fed node index."""
+
+    @property
+    def synced(self) -> asyncio.Event: ...
+
+    def lookup(self, instance_id: InstanceId) -> NodeRef | None: ...
+
+    def by_name(self, name: str) -> NodeRef | None: ...
+
+    def nodes(self) -> list[NodeRef]: ...
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None: ...
+
+
+class NodeWriter(Protocol):
+    async def mark(self, node: NodeRef, marks: NodeMarks) -> bool:
+        """Make `marks` true on the node; True if a write was needed."""
+        ...
+
+    async def record_drain(self, node: NodeRef, state: DrainState) -> None: ...
+
+    async def release_for(self, node: NodeRef, kind: Kind, notice_id: str) -> bool:
+        """Take spotq's marks off a node that carries them for this one notice only; True if it wrote."""
+        ...
+
+
+class EventSink(Protocol):
+    async def node_event(self, node: NodeRef, reason: str, message: str, *, warning: bool = False) -> None: ...
+
+
+class LifecycleApi(Protocol):
+    async def complete(self, hook: LifecycleHook) -> None: ...
+
+    async def heartbeat(self, hook: LifecycleHook) -> None: ...
+
+
+class InstanceLookup(Protocol):
+    async def describe(self, instance_id: InstanceId) -> InstanceInfo | None: ...

@@ -184,9 +184,11 @@ async def poll_and_settle(watcher: imds_mode.Watcher, rounds: int = 1) -> None:
     """Poll like run() does, letting the acting tasks finish between rounds."""
     async with asyncio.TaskGroup() as group:
         for _ in range(rounds):
-            for key, entry in watcher._accept(await watcher.poll()):
-                group.create_task(watcher._handle(key, entry))
-            await asyncio.sleep(0.01)
+            handling = [
+                group.create_task(watcher._handle(key, entry)) for key, entry in watcher._accept(await watcher.poll())
+            ]
+            if handling:
+                await asyncio.wait(handling)
 
 
 def sample_value(name: str, **labels: str) -> float:
@@ -281,12 +283,16 @@ async def test_scheduled_maintenance_is_read_only_when_enabled() -> None:
 
 
 async def test_failing_imds_is_logged_once_counted_and_makes_the_watcher_unreachable(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     imds = FakeMetadata({INSTANCE_ID_PATH: INSTANCE})
-    watcher, _ = make_watcher(imds, RecordingActor(), stale_after=0.2)
+    watcher, _ = make_watcher(imds, RecordingActor(), stale_after=30)
+    loop = asyncio.get_running_loop()
     await watcher.poll()
+    answered_at = loop.time()
     assert watcher.reachable()
+    # A fake clock for the loop: FakeMetadata answers without suspending, so no timer is due while it is moved.
+    monkeypatch.setattr(loop, "time", lambda: answered_at + 20)
     hop = ImdsError("IMDS token request timed out: hop limit of 2 or hostNetwork", reason="token_timeout")
     imds.documents[INSTANCE_ACTION_PATH] = hop
     before = sample_value("spotq_imds_polls_total", path="instance_action", result="token_timeout")
@@ -297,10 +303,12 @@ async def test_failing_imds_is_logged_once_counted_and_makes_the_watcher_unreach
         # IMDS down: the paths after the failing one are not read in that round.
         assert imds.reads[read_before:] == [INSTANCE_ACTION_PATH] * 3
         assert sample_value("spotq_imds_reachable") == 0
-        await asyncio.sleep(0.25)  # past stale_after_seconds
+        assert watcher.reachable()  # 20 s of failed polls: still within stale_after_seconds of the last answer
+        monkeypatch.setattr(loop, "time", lambda: answered_at + 31)
         assert not watcher.reachable()
         del imds.documents[INSTANCE_ACTION_PATH]
         await watcher.poll()
+    monkeypatch.undo()
     messages = [r.getMessage() for r in caplog.records]
     assert messages.count("imds poll failed") == 1 and "imds answering again" in messages
     failed = next(r for r in caplog.records if r.getMessage() == "imds poll failed")
@@ -330,7 +338,9 @@ async def test_run_stops_promptly_even_while_a_drain_is_running() -> None:
     async with asyncio.timeout(2):
         while not actor.acted:
             await asyncio.sleep(0.01)
-    await asyncio.sleep(0.05)  # more polls of the same notice
+        polled = imds.reads.count(INSTANCE_ACTION_PATH)
+        while imds.reads.count(INSTANCE_ACTION_PATH) < polled + 3:  # more polls of the same notice
+            await asyncio.sleep(0.01)
     stop.set()
     async with asyncio.timeout(1):
         await task

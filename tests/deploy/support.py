@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from testenv import LocalCluster
+from testenv import LocalCluster, tools
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "spotq"
@@ -227,3 +227,13 @@ def tainted_cordoned_and_empty(cluster: LocalCluster, namespace: str, node_name:
     return (
         tainted and node["spec"].get("unschedulable") is True and not cluster.list_pods(namespace, node_name=node_name)
     )
+
+
+def can_i(kubeconfig: Path, verb: str, resource: str, scope: str | None = None) -> bool:
+    """`kubectl auth can-i` as the kubeconfig's user; `scope` is extra arguments, e.g. "-n=default"."""
+    argv = [str(tools.tool("kubectl")), f"--kubeconfig={kubeconfig}", "auth", "can-i", verb, resource]
+    if scope:
+        argv += scope.split()
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
+    return result.stdout.strip() == "yes"

@@ -83,6 +83,8 @@ def test_queue_mode_renders_a_deployment_running_spotq_run_and_no_daemonset(helm
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "Role",
+        "RoleBinding",
         "Service",
         "ServiceAccount",
     ]
@@ -422,3 +424,185 @@ def test_chart_readme_documents_every_value() -> None:
         elif f"`{key}`" not in readme:
             missing.append(key)
     assert missing == []
+
+
+# -- replicas, placement, priority --------------------------------------------------------------------------------
+
+SPOT_LABELS = {
+    "eks.amazonaws.com/capacityType": "SPOT",  # EKS managed node groups
+    "karpenter.sh/capacity-type": "spot",  # Karpenter
+    "lifecycle": "Ec2Spot",  # eksctl and the AWS Node Termination Handler docs
+}
+SELECTOR = {"app.kubernetes.io/name": "spotq", "app.kubernetes.io/instance": "spotq"}
+
+
+def _avoid_spot_term() -> JSON:
+    return {
+        "weight": 100,
+        "preference": {
+            "matchExpressions": [
+                {"key": key, "operator": "NotIn", "values": [value]} for key, value in SPOT_LABELS.items()
+            ]
+        },
+    }
+
+
+def test_queue_mode_prefers_nodes_without_any_spot_capacity_label(helm: Helm) -> None:
+    pod = _pod_spec(one(helm.template(*QUEUE), "Deployment"))
+    node_affinity = pod["affinity"]["nodeAffinity"]
+    assert node_affinity == {"preferredDuringSchedulingIgnoredDuringExecution": [_avoid_spot_term()]}
+
+
+def test_spot_avoidance_can_be_turned_off_and_keeps_the_operators_node_affinity(helm: Helm) -> None:
+    off = _pod_spec(one(helm.template(*QUEUE, "--set", "placement.avoidSpot=false"), "Deployment"))
+    assert "affinity" not in off
+    required = {"nodeSelectorTerms": [{"matchExpressions": [{"key": "role", "operator": "In", "values": ["system"]}]}]}
+    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": required}}
+    pod = _pod_spec(one(helm.template(*QUEUE, "--set-json", f"affinity={json.dumps(mine)}"), "Deployment"))
+    assert pod["affinity"]["nodeAffinity"] == {
+        "requiredDuringSchedulingIgnoredDuringExecution": required,
+        "preferredDuringSchedulingIgnoredDuringExecution": [_avoid_spot_term()],
+    }
+
+
+def test_one_replica_has_no_spreading_rules(helm: Helm) -> None:
+    pod = _pod_spec(one(helm.template(*QUEUE), "Deployment"))
+    assert "podAntiAffinity" not in pod["affinity"]
+    assert "topologySpreadConstraints" not in pod
+
+
+def test_replicas_spread_over_hostnames_and_zones_by_default(helm: Helm) -> None:
+    objects = helm.template(*QUEUE, "--set", "replicas=2")
+    deployment = one(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    pod = _pod_spec(deployment)
+    assert pod["affinity"]["podAntiAffinity"] == {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 100,
+                "podAffinityTerm": {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": SELECTOR},
+                },
+            }
+        ]
+    }
+    assert pod["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "topology.kubernetes.io/zone",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": SELECTOR},
+        }
+    ]
+    assert pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"] == [_avoid_spot_term()]
+    assert one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+
+
+def test_replica_spreading_can_be_replaced_or_turned_off(helm: Helm) -> None:
+    two = [*QUEUE, "--set", "replicas=2"]
+    off = _pod_spec(one(helm.template(*two, "--set", "placement.spreadReplicas=false"), "Deployment"))
+    assert "podAntiAffinity" not in off["affinity"] and "topologySpreadConstraints" not in off
+
+    mine = [{"maxSkew": 2, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule"}]
+    replaced = _pod_spec(
+        one(helm.template(*two, "--set-json", f"topologySpreadConstraints={json.dumps(mine)}"), "Deployment")
+    )
+    assert replaced["topologySpreadConstraints"] == mine
+
+    anti = {"requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "kubernetes.io/hostname"}]}
+    given = json.dumps({"podAntiAffinity": anti})
+    own = _pod_spec(one(helm.template(*two, "--set-json", f"affinity={given}"), "Deployment"))
+    assert own["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == [
+        {"topologyKey": "kubernetes.io/hostname"}
+    ]
+    assert len(own["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]) == 1
+
+
+def test_imds_daemonset_never_runs_on_fargate_and_keeps_its_node_selector(helm: Helm) -> None:
+    pod = _pod_spec(one(helm.template(*IMDS), "DaemonSet"))
+    assert pod["nodeSelector"] == {"lifecycle": "Ec2Spot"}
+    not_fargate = {"key": "eks.amazonaws.com/compute-type", "operator": "NotIn", "values": ["fargate"]}
+    assert pod["affinity"] == {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [not_fargate]}]
+            }
+        }
+    }
+    assert "topologySpreadConstraints" not in pod
+    # Every term of the operator's own required node affinity gets the exclusion (terms are ORed).
+    terms = [
+        {"matchExpressions": [{"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]}]},
+        {"matchExpressions": [{"key": "lifecycle", "operator": "In", "values": ["Ec2Spot"]}]},
+    ]
+    mine = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}
+    merged = _pod_spec(one(helm.template(*IMDS, "--set-json", f"affinity={json.dumps(mine)}"), "DaemonSet"))
+    got = merged["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert got == [{"matchExpressions": [*t["matchExpressions"], not_fargate]} for t in terms]
+    off = _pod_spec(one(helm.template(*IMDS, "--set", "daemonset.excludeFargate=false"), "DaemonSet"))
+    assert "affinity" not in off
+
+
+@pytest.mark.parametrize(
+    ("args", "kind", "expected"),
+    [
+        (QUEUE, "Deployment", "system-cluster-critical"),
+        (IMDS, "DaemonSet", "system-node-critical"),
+        ([*QUEUE, "--set", "priorityClassName=spotq-high"], "Deployment", "spotq-high"),
+        ([*IMDS, "--set", "priorityClassName=spotq-high"], "DaemonSet", "spotq-high"),
+        ([*QUEUE, "--set", "priorityClassName="], "Deployment", None),
+        ([*IMDS, "--set", "priorityClassName="], "DaemonSet", None),
+    ],
+    ids=["queue-default", "imds-default", "queue-own", "imds-own", "queue-none", "imds-none"],
+)
+def test_priority_class_defaults_by_mode_and_empty_disables(
+    helm: Helm, args: list[str], kind: str, expected: str | None
+) -> None:
+    for namespace in ("kube-system", "spotq"):
+        pod = _pod_spec(one(helm.template(*args, namespace=namespace), kind))
+        assert pod.get("priorityClassName") == expected, namespace
+
+
+def _role_rules(objects: list[JSON]) -> list[JSON]:
+    role = one(objects, "Role")
+    binding = one(objects, "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "spotq-system"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "spotq", "namespace": "spotq-system"}]
+    rules: list[JSON] = role["rules"]
+    return rules
+
+
+def test_queue_mode_may_coordinate_replicas_through_leases_in_its_namespace_only(helm: Helm) -> None:
+    objects = helm.template(*QUEUE, namespace="spotq-system")
+    assert _role_rules(objects) == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "verbs": ["get", "list", "watch", "create", "update", "delete"],
+        }
+    ]
+    assert "leases" not in _walk(one(objects, "ClusterRole")["rules"])
+    imds = helm.template(*IMDS, namespace="spotq-system")
+    assert of_kind(imds, "Role") == of_kind(imds, "RoleBinding") == []
+    assert of_kind(helm.template(*QUEUE, "--set", "rbac.create=false"), "Role") == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "placement.avoidSpot=maybe"],
+        ["--set", "placement.spreadreplicas=true"],
+        ["--set", "daemonset.excludeFargate=no"],
+    ],
+    ids=["avoid-spot-not-boolean", "misspelt-placement", "exclude-fargate-not-boolean"],
+)
+def test_values_schema_refuses_bad_placement_values(helm: Helm, args: list[str]) -> None:
+    result = helm.run("template", "spotq", str(CHART), *QUEUE, *args, check=False)
+    assert result.returncode != 0
+    assert "values don't meet the specifications of the schema" in result.stderr

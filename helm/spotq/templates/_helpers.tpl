@@ -160,7 +160,7 @@ spec:
   serviceAccountName: {{ include "spotq.serviceAccountName" . }}
   automountServiceAccountToken: true
   terminationGracePeriodSeconds: {{ include "spotq.terminationGracePeriodSeconds" . }}
-  {{- with .Values.priorityClassName }}
+  {{- with include "spotq.priorityClassName" . }}
   priorityClassName: {{ . }}
   {{- end }}
   {{- with .Values.imagePullSecrets }}
@@ -210,9 +210,9 @@ spec:
   nodeSelector:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- with .Values.affinity }}
+  {{- with include "spotq.affinity" . }}
   affinity:
-    {{- toYaml . | nindent 4 }}
+    {{- . | nindent 4 }}
   {{- end }}
   {{- $tolerations := .Values.tolerations }}
   {{- if eq .Values.mode "imds" }}
@@ -222,10 +222,8 @@ spec:
   tolerations:
     {{- toYaml . | nindent 4 }}
   {{- end }}
-  {{- if ne .Values.mode "imds" }}
-  {{- with .Values.topologySpreadConstraints }}
+  {{- with include "spotq.topologySpreadConstraints" . }}
   topologySpreadConstraints:
-    {{- toYaml . | nindent 4 }}
-  {{- end }}
+    {{- . | nindent 4 }}
   {{- end }}
 {{- end }}

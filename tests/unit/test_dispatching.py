@@ -51,14 +51,22 @@ async def test_receives_only_what_fits() -> None:
         queue.put(f"m{i}", "done")
     release = asyncio.Event()
 
+    working = 0
+
     async def slow(delivery: Delivery) -> tuple[Notice, Outcome]:
+        nonlocal working
+        working += 1
         await release.wait()
         return notices.Ignored(), Outcome.DONE
 
     dispatcher = Dispatcher(queue, slow, QueueSettings(max_in_flight_messages=4, receivers=3), stop_grace_seconds=1)
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
-    await asyncio.sleep(0.2)
+    async with asyncio.timeout(3):
+        while working < 4:
+            await asyncio.sleep(0.01)
+    for _ in range(20):  # loop turns for the two idle receivers to overreach, if they would (no wall-clock wait)
+        await asyncio.sleep(0)
     assert len(dispatcher.state.in_flight) == 4
     assert len(queue.bodies) == 26
     release.set()
@@ -86,7 +94,9 @@ async def test_stop_releases_unfinished_messages_after_grace() -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(dispatcher.run(stop))
     await started.wait()
-    await asyncio.sleep(0.05)
+    async with asyncio.timeout(3):
+        while not queue.deleted:
+            await asyncio.sleep(0.01)
     stop.set()
     async with asyncio.timeout(3):
         await task
@@ -112,7 +122,8 @@ async def test_visibility_is_extended_while_work_runs() -> None:
     queue.put("long", "x")
 
     async def long(delivery: Delivery) -> tuple[Notice, Outcome]:
-        await asyncio.sleep(0.5)
+        while ("long", 0.3) not in queue.visibility:  # works on past its visibility timeout until it is extended
+            await asyncio.sleep(0.01)
         return notices.Ignored(), Outcome.DONE
 
     settings = QueueSettings.model_construct(**{**QueueSettings().model_dump(), "visibility_timeout_seconds": 0.3})

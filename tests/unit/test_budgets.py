@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,6 +23,18 @@ def pdb(name: str, allowed: int, *, labels: dict[str, str] | None = None) -> dic
             "observedGeneration": 2,
         },
     }
+
+
+async def loop_turns(turns: int = 10) -> None:
+    """Every task that can run gets to run (before checking that something did not happen); no wall-clock wait."""
+    for _ in range(turns):
+        await asyncio.sleep(0)
+
+
+async def until(condition: Callable[[], object]) -> None:
+    async with asyncio.timeout(1):
+        while not condition():
+            await asyncio.sleep(0)
 
 
 def test_a_pod_is_covered_by_exactly_one_matching_budget() -> None:
@@ -47,13 +60,13 @@ async def test_evictions_wait_for_room_earliest_deadline_then_earliest_drain_fir
 
     ranks = {"late": (30.0, 0), "second-drain": (10.0, 2), "first-drain": (10.0, 1)}
     tasks = [asyncio.create_task(evict(pod, rank)) for pod, rank in ranks.items()]
-    await asyncio.sleep(0.01)
+    await loop_turns()
     assert order == []  # no room: nobody asks the API server
     budgets.update(pdb("web", 2))
-    await asyncio.sleep(0.01)
+    await until(lambda: len(order) >= 2)
     assert order == ["first-drain", "second-drain"]
     release.set()
-    await asyncio.sleep(0.01)
+    await loop_turns()
     assert order == ["first-drain", "second-drain"]  # both accepted: the two disruptions are spent
     budgets.update(pdb("web", 1))
     await asyncio.gather(*tasks)
@@ -118,7 +131,8 @@ async def test_a_stopped_watch_releases_the_waiters() -> None:
     budgets.active = True
     budgets.update(pdb("web", 0))
     waiter = asyncio.create_task(_turn(budgets))
-    await asyncio.sleep(0.01)
+    await loop_turns()
+    assert not waiter.done()  # it waits for room
     budgets.stop()
     async with asyncio.timeout(1):
         await waiter
@@ -169,7 +183,7 @@ async def test_a_drain_cancelled_as_its_turn_comes_is_still_cancelled() -> None:
             entered.append("evict")
 
     task = asyncio.create_task(evict())
-    await asyncio.sleep(0.01)
+    await loop_turns()
     budgets.update(pdb("web", 1))  # the turn is granted ...
     task.cancel()  # ... in the same instant the drain's deadline cancels it
     with pytest.raises(asyncio.CancelledError):
@@ -190,10 +204,11 @@ async def test_a_drain_whose_deadline_moved_earlier_moves_up_the_queue() -> None
             order.append(pod)
 
     tasks = [asyncio.create_task(evict("soon", (10.0, 1))), asyncio.create_task(evict("moved", (30.0, 2)))]
-    await asyncio.sleep(0.01)
+    await loop_turns()
     budgets.reorder(2, 5.0)  # drain 2 now ends at 5.0, before drain 1
     budgets.update(pdb("web", 1))
-    await asyncio.sleep(0.01)
+    await until(lambda: order)
+    await loop_turns()
     assert order == ["moved"]
     budgets.update(pdb("web", 1))
     await asyncio.gather(*tasks)

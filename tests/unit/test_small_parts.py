@@ -50,7 +50,9 @@ async def test_slots_serve_earliest_deadline_first() -> None:
         await asyncio.sleep(0)
         for deadline in (30.0, 10.0, 20.0):
             group.create_task(worker(deadline))
-        await asyncio.sleep(0.01)
+        async with asyncio.timeout(1):
+            while slots.waiting < 3:
+                await asyncio.sleep(0)
         assert slots.waiting == 3
         gate.set()
     assert order == [0, 10.0, 20.0, 30.0]

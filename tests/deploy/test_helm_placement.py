@@ -136,3 +136,25 @@ def test_imds_daemonset_skips_fargate_nodes_it_would_otherwise_tolerate(
         assert pod["spec"]["nodeName"] == spot
         status = local_cluster.client.get(f"/apis/apps/v1/namespaces/{namespace}/daemonsets/{release}")["status"]
         assert status["desiredNumberScheduled"] == 1, f"the DaemonSet wants a pod on {fargate} too"
+
+
+@pytest.mark.parametrize(
+    ("namespace_name", "values", "warned"),
+    [
+        ("spotq", {}, True),
+        ("kube-system", {}, False),
+        ("spotq", {"priorityClassName": ""}, False),
+        ("spotq", {"priorityClassName": "spotq-high"}, False),
+        ("spotq", {"mode": "imds"}, True),
+    ],
+    ids=["own-namespace", "kube-system", "none", "own-class", "imds-own-namespace"],
+)
+def test_notes_warn_when_a_system_priority_class_is_used_outside_kube_system(
+    cluster_helm: Helm, namespace_name: str, values: dict[str, str], warned: bool
+) -> None:
+    args = sets({"queue.url": QUEUE_URL, **values})
+    notes = cluster_helm.run("install", "spotq", "helm/spotq", "--namespace", namespace_name, "--dry-run=client", *args)
+    text = notes.stdout.split("NOTES:", 1)[1]
+    assert ("outside kube-system" in text) is warned, text
+    if warned:
+        assert "insufficient quota to match these scopes" in text

@@ -97,6 +97,8 @@ def test_helm_install_creates_every_object_and_the_api_server_accepts_them(
         "ServiceAccount",
         "ClusterRole",
         "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
         "Service",
         "Deployment",
     }

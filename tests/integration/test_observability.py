@@ -72,4 +72,7 @@ def test_readyz_fails_until_the_node_index_syncs(
         status, text = spotq.get("/readyz")
         assert status == 503 and "node index not synced" in text
         assert spotq.process is not None and spotq.process.poll() is None  # alive, retrying, not crashed
-        wait_until("a logged retry", lambda: "node watch interrupted" in spotq.log_tail(50), timeout=15)
+        # The node watch keeps relisting (counted by reason), and says so in its log.
+        restarts = 'spotq_watch_restarts_total{reason="network",resource="nodes"}'
+        wait_until("counted node-watch retries", lambda: restarts in spotq.get("/metrics")[1], timeout=15)
+        wait_until("a logged retry", lambda: "watch interrupted, relisting" in spotq.log_tail(50), timeout=15)

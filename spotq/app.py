@@ -1,4 +1,9 @@
-"""Composition root of queue mode: open the clients, wire the stages, run them in one TaskGroup, stop in order."""
+"""The composition root for both modes: open the edges, wire the stages, run one TaskGroup, stop in order.
+
+A mode (queue_mode: SQS; imds_mode: this node's instance metadata) is a Source: it opens its own edges, hands its
+notices to the one handler (handling.Handler) and says when it is ready. Everything else is shared: the Kubernetes
+client, the node index, the actor (marks, drains, hooks), the PDB watch, resuming unfinished drains, the probes.
+"""
 
 from __future__ import annotations
 
@@ -6,22 +11,14 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-
-from botocore.exceptions import BotoCoreError, ClientError
+from typing import Any, Protocol
 
 from spotq import acting, handling, planning, resuming, selectors
-from spotq.acknowledging import Acknowledger
-from spotq.aws import session
-from spotq.aws.autoscaling import Lifecycle
-from spotq.aws.ec2 import InstanceLookup
-from spotq.aws.sqs import Queue
 from spotq.budgets import Budgets
-from spotq.dispatching import Dispatcher
 from spotq.draining import DrainOptions
-from spotq.errors import ConfigError
 from spotq.kube.client import KubeClient
 from spotq.kube.events import EventRecorder
 from spotq.kube.marks import NodeMarker
@@ -30,7 +27,7 @@ from spotq.kube.pdbs import watch_budgets
 from spotq.kube.pods import PodClient
 from spotq.observability import probes
 from spotq.ports import LifecycleApi
-from spotq.resolving import Resolver
+from spotq.resolving import Resolve
 from spotq.settings import Settings
 from spotq.slots import DeadlineSlots
 
@@ -57,12 +54,45 @@ def drain_options(settings: Settings) -> DrainOptions:
 class Core:
     """What every mode shares: one Kubernetes client, the node index, the actor, the policy."""
 
+    settings: Settings
     kube: KubeClient
     index: NodeIndex
     actor: acting.Actor
     policy: planning.Policy
     budgets: Budgets = field(default_factory=Budgets)
     """Fed by `kube.pdbs.watch_budgets(kube, budgets)`; until that runs, evictions retry PDB refusals on a timer."""
+
+    def handler(self, resolver: Resolve) -> handling.Handler:
+        """The one handler, resolving instances the source's way."""
+        return handling.Handler(
+            resolver=resolver,
+            actor=self.actor,
+            policy=self.policy,
+            unknown_instance_fate=self.settings.queue.unknown_instance_fate,
+            dry_run=self.settings.policy.dry_run,
+        )
+
+
+class Source(Protocol):
+    """Where notices come from. `open` runs first (its edges may give the actor a lifecycle API), `wire` once the
+    core is up; `run` feeds the handler until `stop` is set, then stops in order."""
+
+    mode: str
+    index_scope: str
+    """A field selector narrowing the node index ("" for every node)."""
+    watch_budgets: bool
+
+    async def open(self, stack: AsyncExitStack) -> LifecycleApi | None: ...
+
+    def wire(self, core: Core) -> None: ...
+
+    async def ready(self) -> tuple[bool, str]: ...
+
+    def details(self) -> dict[str, object]: ...
+
+    def background(self) -> list[Coroutine[Any, Any, None]]: ...
+
+    async def run(self, stop: asyncio.Event) -> None: ...
 
 
 async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: LifecycleApi | None) -> Core:
@@ -88,7 +118,7 @@ async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: Lifecy
         evictions=asyncio.Semaphore(settings.drain.max_concurrent_evictions),
         budgets=budgets,
     )
-    return Core(kube, index, actor, planning.Policy.from_settings(settings), budgets)
+    return Core(settings, kube, index, actor, planning.Policy.from_settings(settings), budgets)
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -98,82 +128,42 @@ def stop_on_signals(stop: asyncio.Event) -> None:
             loop.add_signal_handler(signum, stop.set)
 
 
-async def serve_probes(stack: AsyncExitStack, settings: Settings, ready: probes.ReadyCheck) -> int:
-    runner, port = await probes.serve(probes.make_app(ready), settings.server.address, settings.server.port)
-    stack.push_async_callback(runner.cleanup)
-    return port
-
-
-async def run_queue_mode(
+async def run(
     settings: Settings,
+    source: Source,
     *,
     stop: asyncio.Event | None = None,
     on_listening: Callable[[int], None] | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT (or `stop` is set). Returns the process exit code."""
-    assert settings.queue.url is not None
+    """Run `source` until SIGTERM/SIGINT (or `stop` is set). Returns the process exit code."""
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     async with AsyncExitStack() as stack:
-        sqs = await session.open_client(stack, "sqs", settings.aws)
-        ec2 = session.LazyClient(stack, "ec2", settings.aws)
-        autoscaling = session.LazyClient(stack, "autoscaling", settings.aws)
-        core = await open_core(stack, settings, Lifecycle(autoscaling))
-        queue = Queue(sqs, settings.queue.url)
-        await _check_queue(sqs, settings.queue.url)
-        lookup = InstanceLookup(ec2)
-        handler = handling.Handler(
-            resolver=Resolver(core.index, lookup, settings.kube.instance_tag),
-            actor=core.actor,
-            policy=core.policy,
-            unknown_instance_fate=settings.queue.unknown_instance_fate,
-            dry_run=settings.policy.dry_run,
-        )
-        dispatcher = Dispatcher(
-            queue,
-            handler.handle,
-            settings.queue,
-            stop_grace_seconds=settings.queue.stop_grace_seconds,
-            acknowledger=Acknowledger(queue, settings.queue),
-        )
+        core = await open_core(stack, settings, await source.open(stack))
+        source.wire(core)
 
         async def ready() -> tuple[bool, str]:
             if not core.index.synced.is_set():
                 return False, "node index not synced"
-            return await dispatcher.ready()
+            return await source.ready()
 
-        port = await serve_probes(stack, settings, ready)
+        runner, port = await probes.serve(probes.make_app(ready), settings.server.address, settings.server.port)
+        stack.push_async_callback(runner.cleanup)
         log.info(
             "spotq started",
-            extra={"mode": "queue", "queue": settings.queue.url, "port": port, "dry_run": settings.policy.dry_run},
+            extra={"mode": source.mode, "port": port, "dry_run": settings.policy.dry_run, **source.details()},
         )
         if on_listening is not None:
             on_listening(port)
         async with asyncio.TaskGroup() as group:
-            background = [
-                group.create_task(core.index.run(core.kube)),
-                group.create_task(watch_budgets(core.kube, core.budgets)),
-                group.create_task(lookup.run()),
-            ]
+            work = [core.index.run(core.kube, field_selector=source.index_scope), *source.background()]
+            if source.watch_budgets:
+                work.append(watch_budgets(core.kube, core.budgets))
             if not settings.policy.dry_run:
-                background.append(
-                    group.create_task(resuming.resume_unfinished(core.index, core.actor, settings.kube.taint_prefix))
-                )
-            await dispatcher.run(stop)
+                work.append(resuming.resume_unfinished(core.index, core.actor))
+            background = [group.create_task(coroutine) for coroutine in work]
+            await source.run(stop)
             for task in background:
                 task.cancel()
         log.info("spotq stopped")
     return 0
-
-
-async def _check_queue(sqs: object, url: str) -> None:
-    """A queue that does not exist is a wrong setting: fail at start. Network trouble is only logged."""
-    try:
-        await sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])  # type: ignore[attr-defined]
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if "NonExistentQueue" in code or code == "QueueDoesNotExist":
-            raise ConfigError(f"invalid setting SPOTQ_QUEUE__URL: no such queue: {url}") from None
-        log.warning("queue check failed", extra={"error": str(exc)[:200]})
-    except BotoCoreError as exc:
-        log.warning("queue not reachable yet", extra={"error": str(exc)[:200]})

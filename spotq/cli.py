@@ -60,7 +60,7 @@ def load_settings() -> Settings:
 
 
 def _run(settings: Settings) -> int:
-    from spotq import app  # the SDKs load only for the long-running modes
+    from spotq import queue_mode  # the SDKs load only for the long-running modes
 
     if not settings.queue.url:
         print("spotq: missing setting SPOTQ_QUEUE__URL (the SQS queue to consume)", file=sys.stderr)
@@ -70,7 +70,7 @@ def _run(settings: Settings) -> int:
         print("spotq: missing setting SPOTQ_AWS__REGION (or AWS_REGION; none in the queue URL either)", file=sys.stderr)
         return 2
     settings.aws.region = region
-    return _serve(settings, lambda: app.run_queue_mode(settings))
+    return _serve(settings, lambda: queue_mode.run_queue_mode(settings))
 
 
 def _imds(settings: Settings) -> int:

@@ -4,7 +4,8 @@ SpotqError
 ├── PermanentError   the message can never succeed: delete it (counted, logged)
 │   └── MorePdbsError  a pod is covered by several PDBs: the API server will never evict it
 ├── TransientError   try again later: leave the message for redelivery
-│   └── ApiError       an HTTP error from Kubernetes or AWS (status kept for the caller to decide)
+│   ├── ApiError       an HTTP error from Kubernetes or AWS (status kept for the caller to decide)
+│   └── ImdsError      the instance metadata service did not answer usefully (IMDS mode polls again)
 └── ConfigError      a setting is wrong: fail at start with one line naming it
 """
 
@@ -34,6 +35,15 @@ class ApiError(TransientError):
         self.reason = reason
         self.body = body
         self.retry_after = retry_after
+
+
+class ImdsError(TransientError):
+    """IMDS did not answer usefully. `reason` is a short bounded word, fit for a metric label."""
+
+    def __init__(self, message: str, *, reason: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.retryable = retryable
 
 
 class ConfigError(SpotqError):

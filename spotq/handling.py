@@ -1,21 +1,33 @@
-"""One delivery through the pipeline: parse → resolve each instance → plan → act → outcome."""
+"""The one handler both sources feed: a notice → resolve each instance → scope → plan → dry run → act → outcome.
+
+The queue source hands it message bodies (`handle`: parse first); the IMDS source hands it notices it parsed from
+the metadata documents (`handle_notice`). What the outcome means for the message is acknowledging's business.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol
 
-from spotq import acting, clock, notices, parsing, planning
+from spotq import clock, notices, parsing, planning
 from spotq.acknowledging import Outcome, combine
 from spotq.errors import PermanentError, TransientError
 from spotq.notices import Delivery, InstanceId, Notice
 from spotq.observability import logs, metrics
 from spotq.plans import Plan
-from spotq.resolving import Resolution, Resolver
+from spotq.ports import NodeRef
+from spotq.resolving import Resolution, Resolve
 
 log = logs.get("spotq.handling")
+
+
+class Acting(Protocol):
+    async def act(
+        self, plan: Plan, notice: Notice, node: NodeRef | None, received_loop_time: float, log: logs.Context
+    ) -> object: ...
+
 
 # Remember this many instances already reported as unknown, so each is logged once, not once per redelivery.
 _SEEN_UNKNOWN = 10_000
@@ -25,8 +37,8 @@ class Handler:
     def __init__(
         self,
         *,
-        resolver: Resolver,
-        actor: acting.Actor,
+        resolver: Resolve,
+        actor: Acting,
         policy: planning.Policy,
         unknown_instance_fate: Literal["delete", "release"],
         dry_run: bool,
@@ -56,13 +68,20 @@ class Handler:
         if isinstance(notice, notices.TestNotification):
             context.info("auto scaling test notification")
             return notice, Outcome.TEST_NOTIFICATION
+        return notice, await self.handle_notice(notice, received_at, received_loop_time, context)
+
+    async def handle_notice(
+        self, notice: Notice, received_at: datetime, received_loop_time: float, context: logs.Context | None = None
+    ) -> Outcome:
+        """Act on a typed notice for each instance it names; the most cautious outcome is the notice's."""
+        context = context or log.bind(kind=notice.kind.value, notice_id=notice.event_id, source=notice.source)
         context.info("notice received", extra={"instances": ",".join(notice.instance_ids)})
         async with asyncio.TaskGroup() as group:
             tasks = [
                 group.create_task(self._instance(notice, instance_id, received_at, received_loop_time, context))
                 for instance_id in notice.instance_ids
             ]
-        return notice, combine([task.result() for task in tasks])
+        return combine([task.result() for task in tasks])
 
     async def _instance(
         self,

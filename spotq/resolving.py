@@ -1,8 +1,14 @@
-"""Instance → node: the watch-fed index first; on a miss, EC2 DescribeInstances → PrivateDnsName → node."""
+"""Instance → node, and whether it is ours to act on.
+
+Queue mode (Resolver): the watch-fed index by providerID first; on a miss, EC2 DescribeInstances → PrivateDnsName
+→ node; then the node selector and the instance tag. IMDS mode (OwnNode): the notice is about the node the pod
+runs on, by name.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from spotq.notices import InstanceId
 from spotq.ports import InstanceInfo, InstanceLookup, NodeLookup, NodeRef
@@ -13,6 +19,14 @@ class Resolution:
     node: NodeRef | None
     in_scope: bool
     why: str = ""
+
+
+class Resolve(Protocol):
+    async def resolve(self, instance_id: InstanceId) -> Resolution: ...
+
+    async def joined(self, instance_id: InstanceId) -> None:
+        """Wait (bounded by the caller) until the instance has joined as a node."""
+        ...
 
 
 class Resolver:
@@ -59,3 +73,23 @@ def _tagged(info: InstanceInfo | None, key: str, value: str | None) -> bool:
     if info is None or key not in info.tags:
         return False
     return value is None or info.tags[key] == value
+
+
+class OwnNode:
+    """IMDS mode: every notice is about this pod's own node (NODE_NAME); the instance id is only cross-checked."""
+
+    def __init__(self, index: NodeLookup, node_name: str) -> None:
+        self._index = index
+        self._name = node_name
+
+    async def resolve(self, instance_id: InstanceId) -> Resolution:
+        await self._index.synced.wait()
+        node = self._index.by_name(self._name)
+        if node is None:
+            return Resolution(None, False, f"node {self._name} not in the cluster (yet)")
+        if not node.in_scope:
+            return Resolution(node, False, "node does not match SPOTQ_KUBE__NODE_SELECTOR")
+        return Resolution(node, True)
+
+    async def joined(self, instance_id: InstanceId) -> None:
+        await self._index.wait_for(lambda: self._index.by_name(self._name) is not None)

@@ -14,23 +14,16 @@ from typing import Protocol
 from spotq import clock, records
 from spotq.draining import DrainReport
 from spotq.observability import logs, metrics
-from spotq.ports import NodeRef
+from spotq.ports import NodeLookup, NodeRef
 
 log = logs.get("spotq.resuming")
-
-
-class Nodes(Protocol):
-    @property
-    def synced(self) -> asyncio.Event: ...
-
-    def nodes(self) -> list[NodeRef]: ...
 
 
 class Resumer(Protocol):
     async def resume(self, node: NodeRef, deadline: datetime, log: logs.Context) -> DrainReport: ...
 
 
-async def resume_unfinished(index: Nodes, actor: Resumer, prefix: str) -> None:
+async def resume_unfinished(index: NodeLookup, actor: Resumer) -> None:
     """Once the index has synced, resume every unfinished drain whose deadline has not passed. A drain that fails
     is logged: its message, when it returns, tries again."""
     await index.synced.wait()

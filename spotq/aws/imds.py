@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
-from prometheus_client import Counter
 
-from spotq.errors import TransientError
+from spotq.errors import ImdsError
 from spotq.observability import metrics
 
 log = logging.getLogger(__name__)
@@ -39,22 +38,6 @@ _BACKOFF_MAX_SECONDS = 1.0
 _TOKEN_RENEW_MARGIN_SECONDS = 60.0
 # After falling back to IMDSv1, try for a token again this often.
 _V1_RETRY_TOKEN_SECONDS = 60.0
-
-TOKEN_REQUESTS = Counter(
-    "spotq_imds_token_requests",
-    "IMDSv2 token requests (PUT /latest/api/token), by result (ok, timeout, unreachable, refused).",
-    ["result"],
-    registry=metrics.REGISTRY,
-)
-
-
-class ImdsError(TransientError):
-    """IMDS did not answer usefully. `reason` is a short bounded word, fit for a metric label."""
-
-    def __init__(self, message: str, *, reason: str, retryable: bool = True) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.retryable = retryable
 
 
 class TokenTimeoutError(ImdsError):
@@ -151,9 +134,9 @@ class ImdsClient:
             status, body = await self._send("PUT", TOKEN_PATH, None, {TOKEN_TTL_HEADER: str(ttl)})
         except ImdsError as exc:
             if exc.reason != "timeout":
-                TOKEN_REQUESTS.labels(result="unreachable").inc()
+                metrics.IMDS_TOKEN_REQUESTS.labels(result="unreachable").inc()
                 raise
-            TOKEN_REQUESTS.labels(result="timeout").inc()
+            metrics.IMDS_TOKEN_REQUESTS.labels(result="timeout").inc()
             if self._fall_back("token request timed out"):
                 return None
             raise TokenTimeoutError(
@@ -162,11 +145,11 @@ class ImdsClient:
                 reason="token_timeout",
             ) from None
         if status == 200 and body.strip():
-            TOKEN_REQUESTS.labels(result="ok").inc()
+            metrics.IMDS_TOKEN_REQUESTS.labels(result="ok").inc()
             self._token = body.strip()
             self._renew_at = self._clock() + ttl - min(_TOKEN_RENEW_MARGIN_SECONDS, ttl / 4)
             return self._token
-        TOKEN_REQUESTS.labels(result="refused").inc()
+        metrics.IMDS_TOKEN_REQUESTS.labels(result="refused").inc()
         if status != 200 and status < 500 and self._fall_back(f"token request refused with HTTP {status}"):
             return None
         raise ImdsError(

@@ -9,7 +9,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from spotq.errors import TransientError
+from spotq.errors import ConfigError, TransientError
 from spotq.notices import Delivery
 from spotq.observability import metrics
 
@@ -88,6 +88,19 @@ class Queue:
                 log.warning(f"{what}: entry failed", extra={"code": code, "error": str(entry.get("Message"))[:200]})
                 failed.append(chunk[int(entry["Id"])])
         return failed
+
+    async def check_exists(self) -> None:
+        """At start: a queue that does not exist is a wrong setting (ConfigError naming it); network trouble is
+        only logged (the receivers retry)."""
+        try:
+            await self._client.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if "NonExistentQueue" in code or code == "QueueDoesNotExist":
+                raise ConfigError(f"invalid setting SPOTQ_QUEUE__URL: no such queue: {self.url}") from None
+            log.warning("queue check failed", extra={"error": str(exc)[:200]})
+        except BotoCoreError as exc:
+            log.warning("queue not reachable yet", extra={"error": str(exc)[:200]})
 
     async def reachable(self) -> bool:
         """One GetQueueAttributes; the caller bounds it in time (the SDK would retry for minutes)."""

@@ -78,3 +78,26 @@ DRAINS_RESUMED = Counter(
     "Drains resumed at start from the nodes' own records (a stopped spotq left them unfinished).",
     registry=REGISTRY,
 )
+IMDS_POLLS = Counter(
+    "spotq_imds_polls",
+    "IMDS reads by path (instance_action, rebalance, scheduled_maintenance; instance_id once at start) and "
+    "result: notice, none (404), ok (instance_id), malformed, or why the read failed (timeout, unreachable, "
+    "token_timeout, token_refused, unauthorized, http_error).",
+    ["path", "result"],
+    registry=REGISTRY,
+)
+IMDS_NOTICES = Counter(
+    "spotq_imds_notices",
+    "Notices found on IMDS, by kind; the same notice polled again is not counted again.",
+    ["kind"],
+    registry=REGISTRY,
+)
+IMDS_REACHABLE = Gauge(
+    "spotq_imds_reachable", "1 while the latest IMDS poll was answered, 0 while it fails.", registry=REGISTRY
+)
+IMDS_TOKEN_REQUESTS = Counter(
+    "spotq_imds_token_requests",
+    "IMDSv2 token requests (PUT /latest/api/token), by result (ok, timeout, unreachable, refused).",
+    ["result"],
+    registry=REGISTRY,
+)

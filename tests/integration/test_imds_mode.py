@@ -23,7 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from spotq import imds_mode, notices
+from spotq import notices, parsing_imds, polling
 from spotq.aws.imds import ImdsClient, ImdsConfig, ImdsError, TokenTimeoutError
 from spotq.observability import metrics
 from testenv import ImdsMock, LocalCluster
@@ -34,8 +34,8 @@ from .helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
-ACTION = imds_mode.INSTANCE_ACTION_PATH
-REBALANCE = imds_mode.REBALANCE_PATH
+ACTION = polling.INSTANCE_ACTION_PATH
+REBALANCE = polling.REBALANCE_PATH
 SPOT_TAINT = "spotq.io/spot-interruption"
 REBALANCE_TAINT = "spotq.io/rebalance-recommendation"
 LB_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
@@ -65,9 +65,9 @@ async def test_spot_notice_appears_after_the_mock_delay(tmp_path: Path) -> None:
             assert await client.get(ACTION) is None  # 404 until the trigger
             body, waited = await poll_until(client, ACTION, timeout=15)
             assert await client.get(REBALANCE) is None
-            assert await client.get(imds_mode.SCHEDULED_MAINTENANCE_PATH) is None  # not served in spot mode
+            assert await client.get(polling.SCHEDULED_MAINTENANCE_PATH) is None  # not served in spot mode
     assert 1.5 < waited < 6
-    (notice,) = imds_mode.parse_instance_action(body)
+    (notice,) = parsing_imds.parse_instance_action(body)
     assert isinstance(notice, notices.SpotInterruption) and notice.action == "terminate"
     assert notice.deadline is not None
     # The mock's notice time is two minutes after the read, as real IMDS's is two minutes after the warning.
@@ -80,7 +80,7 @@ async def test_rebalance_recommendation_comes_before_any_interruption(tmp_path: 
             client = ImdsClient(session, ImdsConfig(endpoint=mock.endpoint_url))
             body, _ = await poll_until(client, REBALANCE, timeout=15)
             assert await client.get(ACTION) is None
-    (notice,) = imds_mode.parse_rebalance(body)
+    (notice,) = parsing_imds.parse_rebalance(body)
     assert isinstance(notice, notices.RebalanceRecommendation) and notice.deadline is None
     assert notice.event_time is not None and abs((notice.event_time - datetime.now(UTC)).total_seconds()) < 5
 

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from spotq import imds_mode, notices, planning, plans, selectors
+from spotq import handling, imds_mode, notices, parsing_imds, planning, plans, polling, selectors
 from spotq.aws.imds import ImdsError
 from spotq.draining import DrainReport
 from spotq.errors import TransientError
-from spotq.imds_mode import INSTANCE_ACTION_PATH, INSTANCE_ID_PATH, REBALANCE_PATH, SCHEDULED_MAINTENANCE_PATH
-from spotq.kube.nodes import NodeIndex, NodeRef
+from spotq.kube.nodes import NodeIndex
 from spotq.notices import InstanceId, Notice
 from spotq.observability import logs, metrics
+from spotq.polling import INSTANCE_ACTION_PATH, INSTANCE_ID_PATH, REBALANCE_PATH, SCHEDULED_MAINTENANCE_PATH
+from spotq.ports import NodeRef
+from spotq.resolving import OwnNode
 from spotq.settings import ImdsSettings, Settings
 from tests.fakes import FakePods
 from tests.unit.test_acting import NODE_JSON, make_actor
@@ -34,7 +36,7 @@ def sample(name: str) -> str:
 
 
 def test_instance_action_deadline_is_its_own_time() -> None:
-    (notice,) = imds_mode.parse_instance_action(sample("spot-instance-action.json"), INSTANCE)
+    (notice,) = parsing_imds.parse_instance_action(sample("spot-instance-action.json"), INSTANCE)
     assert isinstance(notice, notices.SpotInterruption)
     assert notice.action == "terminate" and notice.source == "imds"
     assert notice.deadline == datetime(2025, 6, 3, 14, 22, 5, tzinfo=UTC)
@@ -44,7 +46,7 @@ def test_instance_action_deadline_is_its_own_time() -> None:
 
 def test_hibernate_and_stop_are_interruptions_too() -> None:
     for action in ("stop", "hibernate"):
-        (notice,) = imds_mode.parse_instance_action(f'{{"action": "{action}", "time": "2025-06-03T14:22:05Z"}}')
+        (notice,) = parsing_imds.parse_instance_action(f'{{"action": "{action}", "time": "2025-06-03T14:22:05Z"}}')
         assert isinstance(notice, notices.SpotInterruption) and notice.action == action
         assert notice.deadline == datetime(2025, 6, 3, 14, 22, 5, tzinfo=UTC)
 
@@ -59,44 +61,44 @@ def test_hibernate_and_stop_are_interruptions_too() -> None:
     ],
 )
 def test_bad_instance_action_is_malformed_with_reason(body: str, reason: str) -> None:
-    (notice,) = imds_mode.parse_instance_action(body)
+    (notice,) = parsing_imds.parse_instance_action(body)
     assert isinstance(notice, notices.Malformed) and reason in notice.reason
 
 
 def test_rebalance_recommendation_has_no_deadline() -> None:
-    (notice,) = imds_mode.parse_rebalance(sample("rebalance.json"), INSTANCE)
+    (notice,) = parsing_imds.parse_rebalance(sample("rebalance.json"), INSTANCE)
     assert isinstance(notice, notices.RebalanceRecommendation)
     assert notice.event_time == datetime(2025, 6, 3, 14, 11, 40, tzinfo=UTC) and notice.deadline is None
-    assert isinstance(imds_mode.parse_rebalance("{}")[0], notices.Malformed)
+    assert isinstance(parsing_imds.parse_rebalance("{}")[0], notices.Malformed)
 
 
 def test_scheduled_maintenance_events_with_their_status() -> None:
-    (notice,) = imds_mode.parse_scheduled_maintenance(sample("maintenance-scheduled.json"), INSTANCE)
+    (notice,) = parsing_imds.parse_scheduled_maintenance(sample("maintenance-scheduled.json"), INSTANCE)
     assert isinstance(notice, notices.ScheduledChange)
     assert notice.event_id == "instance-event-0d59937288b749b32" and notice.event_type_code == "system-reboot"
     assert notice.deadline == datetime(2019, 1, 21, 9, 0, 43, tzinfo=UTC)
     canceled = sample("maintenance-scheduled.json").replace('"active"', '"canceled"')
-    (ended,) = imds_mode.parse_scheduled_maintenance(canceled)
+    (ended,) = parsing_imds.parse_scheduled_maintenance(canceled)
     assert isinstance(ended, notices.ScheduledChange) and ended.cancelled_or_closed
-    assert imds_mode.parse_scheduled_maintenance("[]") == []
+    assert parsing_imds.parse_scheduled_maintenance("[]") == []
     # ec2-metadata-mock writes days without a leading zero.
-    (mock,) = imds_mode.parse_scheduled_maintenance(
+    (mock,) = parsing_imds.parse_scheduled_maintenance(
         '[{"Code": "system-reboot", "EventId": "e-1", "State": "active", "NotBefore": "2 Jan 2026 15:04:05 GMT"}]'
     )
     assert mock.deadline == datetime(2026, 1, 2, 15, 4, 5, tzinfo=UTC)
 
 
 def test_a_restamped_interruption_is_the_same_notice() -> None:
-    (first,) = imds_mode.parse_instance_action('{"action": "terminate", "time": "2025-06-03T14:22:05Z"}')
-    (later,) = imds_mode.parse_instance_action('{"action": "terminate", "time": "2025-06-03T14:22:09Z"}')
-    assert imds_mode.identity(first) == imds_mode.identity(later)
-    (a,) = imds_mode.parse_scheduled_maintenance(sample("maintenance-scheduled.json"))
+    (first,) = parsing_imds.parse_instance_action('{"action": "terminate", "time": "2025-06-03T14:22:05Z"}')
+    (later,) = parsing_imds.parse_instance_action('{"action": "terminate", "time": "2025-06-03T14:22:09Z"}')
+    assert polling.identity(first) == polling.identity(later)
+    (a,) = parsing_imds.parse_scheduled_maintenance(sample("maintenance-scheduled.json"))
     b = notices.ScheduledChange(event_id="instance-event-other")
-    assert imds_mode.identity(a) != imds_mode.identity(b)
+    assert polling.identity(a) != polling.identity(b)
 
 
 def test_plan_for_an_imds_interruption_finishes_before_its_time() -> None:
-    (notice,) = imds_mode.parse_instance_action(sample("spot-instance-action.json"))
+    (notice,) = parsing_imds.parse_instance_action(sample("spot-instance-action.json"))
     policy = planning.Policy.from_settings(Settings())
     received = datetime(2025, 6, 3, 14, 20, 10, tzinfo=UTC)
     plan = planning.plan(notice, policy, received)
@@ -161,17 +163,23 @@ def make_watcher(
     selector: str = "",
     stale_after: float = 1.0,
     **options: object,
-) -> tuple[imds_mode.Watcher, NodeIndex]:
+) -> tuple[polling.Watcher, NodeIndex]:
     index = NodeIndex(selectors.parse(selector))
     if node_json is not None:
         index.apply(node_json)
     index.synced.set()
-    settings = Settings()
-    watcher = imds_mode.Watcher(
+    dry_run = bool(options.pop("dry_run", False))
+    handler = handling.Handler(
+        resolver=OwnNode(index, "n1"),
+        actor=actor,  # type: ignore[arg-type]
+        policy=planning.Policy.from_settings(Settings()),
+        unknown_instance_fate="delete",
+        dry_run=dry_run,
+    )
+    watcher = polling.Watcher(
         imds=imds,
         nodes=index,
-        actor=actor,  # type: ignore[arg-type]
-        policy=planning.Policy.from_settings(settings),
+        handler=handler,
         node_name="n1",
         interval_seconds=0.01,
         stale_after_seconds=stale_after,
@@ -180,7 +188,7 @@ def make_watcher(
     return watcher, index
 
 
-async def poll_and_settle(watcher: imds_mode.Watcher, rounds: int = 1) -> None:
+async def poll_and_settle(watcher: polling.Watcher, rounds: int = 1) -> None:
     """Poll like run() does, letting the acting tasks finish between rounds."""
     async with asyncio.TaskGroup() as group:
         for _ in range(rounds):
@@ -236,7 +244,7 @@ async def test_acting_that_failed_is_tried_again_at_the_next_poll() -> None:
     await poll_and_settle(watcher, rounds=3)
     assert len(actor.acted) == 2
     # The retry keeps the first sighting's deadline, not a re-stamped one.
-    assert actor.acted[0][1] is actor.acted[1][1]
+    assert actor.acted[0][1] == actor.acted[1][1]
     assert watcher.handled() == {"spot_interruption": "done"}
 
 

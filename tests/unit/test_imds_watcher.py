@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from spotq import plans
-from spotq.kube.nodes import NodeRef
 from spotq.notices import Notice
 from spotq.observability import logs
+from spotq.ports import NodeRef
 from tests.unit.test_imds_mode import INSTANCE_ACTION_PATH, FakeMetadata, make_watcher, spot_body
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from spotq import notices, parsing_imds
-from spotq.imds_mode import INSTANCE_ID_PATH
+from spotq.polling import INSTANCE_ID_PATH
 from tests.unit.test_imds_mode import FakeMetadata, RecordingActor, make_watcher, sample
 
 ACTIVE = sample("maintenance-scheduled.json")

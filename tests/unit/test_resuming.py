@@ -45,7 +45,7 @@ async def resume_with(pods: FakePods, *nodes: dict[str, Any], selector: str = ""
         index.apply(node)
     index.synced.set()
     async with asyncio.timeout(10):
-        await resuming.resume_unfinished(index, actor, "spotq.io")
+        await resuming.resume_unfinished(index, actor)
 
 
 async def test_an_unfinished_drain_is_resumed_from_the_node_record() -> None:
@@ -81,7 +81,7 @@ async def test_the_returning_message_joins_the_resumed_drain() -> None:
     node = node_with("started", deadline)
     actor._index.apply(node)
     actor._index.synced.set()
-    resumed = asyncio.create_task(resuming.resume_unfinished(actor._index, actor, "spotq.io"))
+    resumed = asyncio.create_task(resuming.resume_unfinished(actor._index, actor))
     await asyncio.sleep(0.05)
     now = datetime.now(UTC)
     spot = SpotInterruption(

@@ -34,6 +34,7 @@ lint: venv
 	$(VENV)/bin/ruff check spotq testenv tests bench
 	$(VENV)/bin/ruff format --check spotq testenv tests bench
 	$(VENV)/bin/mypy spotq testenv bench
+	$(VENV)/bin/lint-imports
 
 test: venv testenv lint
 	$(PY) -m pytest -q

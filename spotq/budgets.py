@@ -13,13 +13,11 @@ draining falls back to retrying 429s.
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any
+
+from spotq import gate
 
 JSON = dict[str, Any]
 BudgetKey = tuple[str, str]  # (namespace, name)
@@ -51,25 +49,35 @@ def _matches(selector: JSON | None, labels: Mapping[str, str]) -> bool:
 IN_FLIGHT_PER_BUDGET = 4
 
 
-@dataclass
 class _Budget:
-    selector: JSON | None
-    allowed: int | None = None  # status.disruptionsAllowed; None until the controller has reported it
-    outstanding: int = 0  # evictions admitted whose request has not returned yet
-    waiters: list[tuple[tuple[float, int], int, asyncio.Future[bool]]] = field(default_factory=list)
-    progress: float = 0.0  # loop time of the last status update or admission
+    def __init__(self, selector: JSON | None) -> None:
+        self.selector = selector
+        self.allowed: int | None = None  # status.disruptionsAllowed; None until the controller has reported it
+        self.outstanding = 0  # evictions admitted whose request has not returned yet
+        self.waiters: gate.Gate[tuple[float, int]] = gate.Gate(hand_on=self.done)
+        self.progress = 0  # counts status updates and admissions: a waiter sees whether the budget moved
 
     @property
     def room(self) -> int:
         allowed = self.allowed if self.allowed is not None else 0
         return min(allowed, IN_FLIGHT_PER_BUDGET) - self.outstanding
 
+    def admit(self) -> None:
+        """Let waiters in while there is room; each is counted as outstanding from its grant."""
+        while self.room > 0 and self.waiters.grant():
+            self.outstanding += 1
+            self.progress += 1
+
+    def done(self) -> None:
+        """An admitted eviction ended (or its waiter left as it was admitted): its room goes to the next."""
+        self.outstanding -= 1
+        self.admit()
+
 
 class Budgets:
     def __init__(self) -> None:
         self._budgets: dict[BudgetKey, _Budget] = {}
         self._by_namespace: dict[str, set[str]] = {}
-        self._order = itertools.count()
         self.active = False  # True while the watch keeps `_budgets` current
 
     # -- fed by the watch ---------------------------------------------------------------------------------------
@@ -77,20 +85,22 @@ class Budgets:
     def update(self, pdb: JSON) -> None:
         meta = pdb.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
-        budget = self._budgets.setdefault(key, _Budget(None))
+        budget = self._budgets.get(key)
+        if budget is None:
+            budget = self._budgets[key] = _Budget(None)
         self._by_namespace.setdefault(key[0], set()).add(key[1])
         budget.selector = (pdb.get("spec") or {}).get("selector")
         status = pdb.get("status") or {}
         observed = status.get("observedGeneration", 0) >= meta.get("generation", 0)
         budget.allowed = int(status.get("disruptionsAllowed", 0)) if observed else None
-        budget.progress = _now()
-        self._release(budget)
+        budget.progress += 1
+        budget.admit()
 
     def remove(self, namespace: str, name: str) -> None:
         budget = self._budgets.pop((namespace, name), None)
         self._by_namespace.get(namespace, set()).discard(name)
         if budget is not None:
-            self._open(budget)  # nothing guards these pods any more: let them try
+            budget.waiters.open()  # nothing guards these pods any more: let them try
 
     def replace_all(self, pdbs: list[JSON]) -> None:
         keep = {
@@ -105,14 +115,7 @@ class Budgets:
         """The watch ended: release every waiter; draining retries refusals on its own until it is back."""
         self.active = False
         for budget in self._budgets.values():
-            self._open(budget)
-
-    @staticmethod
-    def _open(budget: _Budget) -> None:
-        for _, _, future in budget.waiters:
-            if not future.done():
-                future.set_result(False)
-        budget.waiters.clear()
+            budget.waiters.open()
 
     # -- used by draining ---------------------------------------------------------------------------------------
 
@@ -138,64 +141,32 @@ class Budgets:
         if budget is None:
             yield
             return
-        counted = False  # True when _release already counted this eviction as outstanding
-        if budget.waiters or budget.room <= 0:
-            future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-            heapq.heappush(budget.waiters, (order, next(self._order), future))
-            try:
+        admitted = False  # True when the gate's grant already counted this eviction as outstanding
+        if budget.waiters.waiting or budget.room <= 0:
+            with budget.waiters.queued(order) as ticket:
                 # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as the
                 # future completes, and a drain past its deadline would then never end.
-                while not future.done():
-                    await asyncio.wait([future], timeout=patience)
-                    if not future.done() and _now() - budget.progress >= patience:
+                while not ticket.done():
+                    seen = budget.progress
+                    await asyncio.wait([ticket], timeout=patience)
+                    if not ticket.done() and budget.progress == seen:
                         break  # a lost watch event? Try anyway: the API server has the last word.
-            except asyncio.CancelledError:
-                self._forget(budget, future)
-                if future.done() and future.result():
-                    budget.outstanding -= 1
-                    self._release(budget)  # pass the room on
-                raise
-            self._forget(budget, future)
-            counted = future.done() and future.result()
-        if not counted:
+            admitted = gate.granted(ticket)
+        if not admitted:
             budget.outstanding += 1
-        budget.progress = _now()
+            budget.progress += 1
         try:
             yield
         except BaseException:
-            budget.outstanding -= 1
-            self._release(budget)
+            budget.done()
             raise
-        budget.outstanding -= 1
         if budget.allowed is not None:
             # Accepted: the API server spent one disruption; its status update with the same news may lag.
             budget.allowed = max(0, budget.allowed - 1)
-        self._release(budget)
+        budget.done()
 
     def reorder(self, drain: int, deadline: float) -> None:
         """Drain number `drain` now ends at `deadline` (moved earlier): its waiting evictions take that place in
         the queues."""
         for budget in self._budgets.values():
-            if any(order[1] == drain for order, _, _ in budget.waiters):
-                budget.waiters = [
-                    ((deadline, drain) if order[1] == drain else order, n, future)
-                    for order, n, future in budget.waiters
-                ]
-                heapq.heapify(budget.waiters)
-
-    @staticmethod
-    def _forget(budget: _Budget, future: asyncio.Future[bool]) -> None:
-        budget.waiters = [w for w in budget.waiters if w[2] is not future]
-        heapq.heapify(budget.waiters)
-
-    def _release(self, budget: _Budget) -> None:
-        while budget.waiters and budget.room > 0:
-            _, _, future = heapq.heappop(budget.waiters)
-            if not future.done():
-                budget.outstanding += 1
-                budget.progress = _now()
-                future.set_result(True)
-
-
-def _now() -> float:
-    return time.monotonic()
+            budget.waiters.rekey(lambda order: (deadline, drain) if order[1] == drain else order)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import heapq
-import itertools
+
+from spotq.gate import Gate
 
 
 class Priority(enum.IntEnum):
@@ -28,8 +28,7 @@ class TokenBucket:
         self._capacity = float(max(burst, 1))
         self._tokens = self._capacity
         self._stamp: float | None = None
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
-        self._order = itertools.count()
+        self._gate: Gate[int] = Gate(hand_on=self._give_back)
         self._timer: asyncio.TimerHandle | None = None
 
     def _refill(self, now: float) -> None:
@@ -43,30 +42,28 @@ class TokenBucket:
         if priority is Priority.MARK and self._tokens >= 1.0 - self._capacity:
             self._tokens -= 1.0
             return
-        if not self._waiters and self._tokens >= 1.0:
+        if not self._gate.waiting and self._tokens >= 1.0:
             self._tokens -= 1.0
             return
-        future: asyncio.Future[None] = loop.create_future()
-        heapq.heappush(self._waiters, (int(priority), next(self._order), future))
-        self._schedule(loop)
-        try:
-            await future
-        except asyncio.CancelledError:
-            if future.done() and not future.cancelled():
-                self._tokens += 1.0  # granted just as we were cancelled: give the token back
-            raise
+        with self._gate.queued(int(priority)) as ticket:
+            self._schedule(loop)
+            await ticket
 
     def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._timer is None and self._waiters:
+        if self._timer is None and self._gate.waiting:
             wait = max(0.0, (1.0 - self._tokens) / self._rate)
             self._timer = loop.call_later(wait, self._grant, loop)
 
     def _grant(self, loop: asyncio.AbstractEventLoop) -> None:
         self._timer = None
         self._refill(loop.time())
-        while self._waiters and self._tokens >= 1.0:
-            _, _, future = heapq.heappop(self._waiters)
-            if not future.done():
-                self._tokens -= 1.0
-                future.set_result(None)
+        self._serve()
         self._schedule(loop)
+
+    def _serve(self) -> None:
+        while self._tokens >= 1.0 and self._gate.grant():
+            self._tokens -= 1.0
+
+    def _give_back(self) -> None:
+        self._tokens += 1.0
+        self._serve()

@@ -213,3 +213,18 @@ async def test_a_drain_whose_deadline_moved_earlier_moves_up_the_queue() -> None
     budgets.update(pdb("web", 1))
     await asyncio.gather(*tasks)
     assert order == ["moved", "soon"]
+
+
+async def test_patience_runs_on_the_loop_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    monkeypatch.setattr(loop, "time", lambda: now)  # a fake loop clock, moved by hand below
+    budgets = Budgets()
+    budgets.active = True
+    budgets.update(pdb("web", 0))
+    task = asyncio.create_task(_turn(budgets))  # patience 30 s
+    await loop_turns()
+    assert not task.done()
+    now += 31  # the budget showed no progress for longer than the patience, by the loop's clock
+    await loop_turns()
+    assert task.done()

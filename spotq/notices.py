@@ -18,6 +18,7 @@ SPOT_WARNING_LEAD = timedelta(seconds=120)
 
 class Kind(enum.StrEnum):
     SPOT_INTERRUPTION = "spot_interruption"
+    CAPACITY_RESERVATION_INTERRUPTION = "capacity_reservation_interruption"
     REBALANCE_RECOMMENDATION = "rebalance_recommendation"
     STATE_CHANGE = "state_change"
     SCHEDULED_CHANGE = "scheduled_change"
@@ -55,6 +56,18 @@ class Notice:
 class SpotInterruption(Notice):
     kind: ClassVar[Kind] = Kind.SPOT_INTERRUPTION
     action: str = "terminate"
+
+
+@dataclass(frozen=True, kw_only=True)
+class CapacityReservationInterruption(Notice):
+    """An instance in an interruptible Capacity Reservation (or a Capacity Block ending) is being reclaimed.
+
+    `deadline` is the event's `instance-termination-time`, or two minutes after the event when it gives none.
+    """
+
+    kind: ClassVar[Kind] = Kind.CAPACITY_RESERVATION_INTERRUPTION
+    action: str = "terminate"
+    instance_lifecycle: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

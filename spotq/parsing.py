@@ -175,6 +175,25 @@ def _spot_warning(detail: dict[str, Any], event_id: str, event_time: datetime, s
     )
 
 
+def _capacity_reservation_warning(detail: dict[str, Any], event_id: str, event_time: datetime, source: str) -> Notice:
+    # `instance-termination-time` says when the instance goes; without it, the same two minutes as a Spot warning.
+    termination = (
+        _time(detail, "instance-termination-time", rfc3339)
+        if detail.get("instance-termination-time") is not None
+        else notices.spot_deadline(event_time, "terminate")
+    )
+    lifecycle = detail.get("instance-lifecycle")
+    return notices.CapacityReservationInterruption(
+        event_id=event_id,
+        event_time=event_time,
+        instance_ids=(_instance(detail, "instance-id"),),
+        deadline=termination,
+        action=_str(detail, "instance-action") if "instance-action" in detail else "terminate",
+        instance_lifecycle=lifecycle[:64] if isinstance(lifecycle, str) else "",
+        source=source,
+    )
+
+
 def _rebalance(detail: dict[str, Any], event_id: str, event_time: datetime, source: str) -> Notice:
     return notices.RebalanceRecommendation(
         event_id=event_id, event_time=event_time, instance_ids=(_instance(detail, "instance-id"),), source=source
@@ -255,6 +274,7 @@ _Builder = Callable[[dict[str, Any], str, datetime, str], Notice]
 
 _EVENTBRIDGE: dict[tuple[str, str], _Builder] = {
     ("aws.ec2", "EC2 Spot Instance Interruption Warning"): _spot_warning,
+    ("aws.ec2", "EC2 Capacity Reservation Instance Interruption Warning"): _capacity_reservation_warning,
     ("aws.ec2", "EC2 Instance Rebalance Recommendation"): _rebalance,
     ("aws.ec2", "EC2 Instance State-change Notification"): _state_change,
     ("aws.autoscaling", "EC2 Instance-terminate Lifecycle Action"): _lifecycle_terminate,

@@ -28,6 +28,7 @@ class Policy:
         return cls(
             levels={
                 Kind.SPOT_INTERRUPTION: policy.spot_interruption,
+                Kind.CAPACITY_RESERVATION_INTERRUPTION: policy.capacity_reservation_interruption,
                 Kind.REBALANCE_RECOMMENDATION: policy.rebalance_recommendation,
                 Kind.STATE_CHANGE: policy.state_change,
                 Kind.SCHEDULED_CHANGE: policy.scheduled_change,

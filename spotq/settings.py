@@ -97,6 +97,11 @@ class KubeSettings(_Group):
 
 class PolicySettings(_Group):
     spot_interruption: ActionLevel = Field(ActionLevel.DRAIN, description="Spot interruption warning.")
+    capacity_reservation_interruption: ActionLevel = Field(
+        ActionLevel.DRAIN,
+        description="EC2 Capacity Reservation instance interruption warning (interruptible reservations, Capacity "
+        "Blocks).",
+    )
     rebalance_recommendation: ActionLevel = Field(
         ActionLevel.TAINT, description="Rebalance recommendation: a PreferNoSchedule taint avoids churn."
     )

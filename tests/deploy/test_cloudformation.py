@@ -61,7 +61,7 @@ def _unconditional(rules: dict[str, JSON]) -> dict[str, JSON]:
     return {name: r for name, r in rules.items() if "Condition" not in r}
 
 
-def test_five_rules_send_each_notice_kind_to_the_queue_and_launch_hooks_are_optional(template: JSON) -> None:
+def test_six_rules_send_each_notice_kind_to_the_queue_and_launch_hooks_are_optional(template: JSON) -> None:
     rules = _resources(template, "AWS::Events::Rule")
 
     def patterns(selected: dict[str, JSON]) -> set[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -72,6 +72,7 @@ def test_five_rules_send_each_notice_kind_to_the_queue_and_launch_hooks_are_opti
 
     assert patterns(_unconditional(rules)) == {
         (("aws.ec2",), ("EC2 Spot Instance Interruption Warning",)),
+        (("aws.ec2",), ("EC2 Capacity Reservation Instance Interruption Warning",)),
         (("aws.ec2",), ("EC2 Instance Rebalance Recommendation",)),
         (("aws.ec2",), ("EC2 Instance State-change Notification",)),
         (("aws.autoscaling",), ("EC2 Instance-terminate Lifecycle Action",)),
@@ -117,7 +118,7 @@ def test_queue_policy_lets_only_eventbridge_send_and_only_from_the_stacks_rules(
     source_arns = allow["Condition"]["ArnEquals"]["aws:SourceArn"]
     rules = _resources(template, "AWS::Events::Rule")
     always = [{"Fn::GetAtt": [name, "Arn"]} for name in _unconditional(rules)]
-    assert len(always) == 5
+    assert len(always) == 6
     # The optional rule's ARN is there exactly when the rule is.
     sometimes = [
         {"Fn::If": [r["Condition"], {"Fn::GetAtt": [name, "Arn"]}, {"Ref": "AWS::NoValue"}]}

@@ -23,6 +23,7 @@ pytestmark = [
 # spotq's notice kind for each sample event the stack must deliver.
 SAMPLES = {
     "spot-interruption-warning.json": "spot_interruption",
+    "capacity-reservation-interruption.json": "capacity_reservation_interruption",
     "rebalance-recommendation.json": "rebalance_recommendation",
     "state-change-shutting-down.json": "state_change",
     "lifecycle-terminate.json": "lifecycle_terminate",
@@ -118,7 +119,7 @@ def test_stack_with_default_parameters_creates_the_queue_and_no_role(
     resources = moto_server.client("cloudformation").list_stack_resources(StackName=stack["StackName"])
     types = sorted(r["ResourceType"] for r in resources["StackResourceSummaries"])
     assert "AWS::IAM::Role" not in types
-    assert types.count("AWS::Events::Rule") == 5
+    assert types.count("AWS::Events::Rule") == 6
 
 
 def test_stack_with_an_oidc_provider_creates_an_irsa_role_for_the_service_account(moto_server: MotoServer) -> None:
@@ -205,7 +206,7 @@ def _launch_event() -> JSON:
 def test_launch_lifecycle_events_are_delivered_when_the_stack_asks_for_them(moto_server: MotoServer) -> None:
     outputs = _create_stack(moto_server, {"LaunchLifecycleEvents": "true"})
     resources = moto_server.client("cloudformation").list_stack_resources(StackName=outputs["StackName"])
-    assert [r["ResourceType"] for r in resources["StackResourceSummaries"]].count("AWS::Events::Rule") == 6
+    assert [r["ResourceType"] for r in resources["StackResourceSummaries"]].count("AWS::Events::Rule") == 7
     _put(moto_server, _launch_event())
     (message,) = _drain(moto_server, outputs["QueueURL"])
     assert explain(message["Body"])["kind"] == "lifecycle_launch"

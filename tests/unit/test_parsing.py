@@ -23,6 +23,11 @@ def load(name: str) -> str:
     [
         ("eventbridge/spot-interruption-warning.json", Kind.SPOT_INTERRUPTION, ["i-0b662ef9931388ba0"]),
         ("eventbridge/rebalance-recommendation.json", Kind.REBALANCE_RECOMMENDATION, ["i-0b662ef9931388ba0"]),
+        (
+            "eventbridge/capacity-reservation-interruption.json",
+            Kind.CAPACITY_RESERVATION_INTERRUPTION,
+            ["i-0b662ef9931388ba0"],
+        ),
         ("eventbridge/state-change-shutting-down.json", Kind.STATE_CHANGE, ["i-0b662ef9931388ba0"]),
         ("eventbridge/lifecycle-terminate.json", Kind.LIFECYCLE_TERMINATE, ["i-0633ac2b0d9769723"]),
         (
@@ -45,6 +50,20 @@ def test_spot_warning_deadline_is_event_time_plus_two_minutes() -> None:
     assert notice.event_time == datetime(2025, 6, 3, 14, 20, 5, tzinfo=UTC)
     assert notice.deadline == datetime(2025, 6, 3, 14, 22, 5, tzinfo=UTC)
     assert notice.event_id == "1e5527d7-bb36-4607-3370-4164db56a40e"
+
+
+def test_capacity_reservation_deadline_is_its_termination_time_or_two_minutes() -> None:
+    body = json.loads(load("eventbridge/capacity-reservation-interruption.json"))
+    body["detail"]["instance-termination-time"] = "2025-06-03T14:21:35Z"  # sooner than two minutes: taken as said
+    notice = parsing.parse(json.dumps(body))
+    assert isinstance(notice, notices.CapacityReservationInterruption)
+    assert notice.deadline == datetime(2025, 6, 3, 14, 21, 35, tzinfo=UTC)
+    assert notice.instance_lifecycle == "capacity-block"
+    del body["detail"]["instance-termination-time"]
+    assert parsing.parse(json.dumps(body)).deadline == datetime(2025, 6, 3, 14, 22, 5, tzinfo=UTC)
+    body["detail"]["instance-termination-time"] = "soon"
+    bad = parsing.parse(json.dumps(body))
+    assert bad.kind is Kind.MALFORMED and "instance-termination-time" in bad.reason  # type: ignore[attr-defined]
 
 
 def test_spot_hibernate_has_no_lead_time() -> None:

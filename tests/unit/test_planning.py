@@ -40,6 +40,12 @@ DEFAULT = planning.Policy.from_settings(Settings())
         ),
         (notices.LifecycleLaunch(event_id="e", event_time=T0, instance_ids=IDS, hook=HOOK), []),
         (notices.RebalanceRecommendation(event_id="e", event_time=T0, instance_ids=IDS), ["event", "taint"]),
+        (
+            notices.CapacityReservationInterruption(
+                event_id="e", event_time=T0, instance_ids=IDS, deadline=T0 + timedelta(minutes=2)
+            ),
+            FULL,
+        ),
     ],
 )
 def test_default_plans(notice: notices.Notice, steps: list[str]) -> None:
@@ -124,3 +130,10 @@ def test_late_notice_still_gets_the_minimum_window() -> None:
 def test_a_scheduled_change_that_ended_releases_instead_of_draining(status: str, steps: list[str]) -> None:
     health = notices.ScheduledChange(event_id="e", event_time=T0, instance_ids=IDS, status=status)
     assert planning.plan(health, DEFAULT, T0).step_names == steps
+
+
+def test_capacity_reservation_interruption_level_is_its_own_setting() -> None:
+    notice = notices.CapacityReservationInterruption(event_id="e", event_time=T0, instance_ids=IDS)
+    custom = policy(policy={"capacity_reservation_interruption": "cordon"})
+    assert planning.plan(notice, custom, T0).step_names == ["event", "taint", "cordon", "exclude_from_load_balancers"]
+    assert planning.plan(notice, DEFAULT, T0).steps[1] == plans.Taint("spotq.io/capacity-reservation-interruption", "NoSchedule")

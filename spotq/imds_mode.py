@@ -74,6 +74,7 @@ class ImdsSource:
             interval_seconds=imds.poll_interval_seconds,
             stale_after_seconds=stale_after_seconds(self._settings),
             scheduled_maintenance=imds.watch_scheduled_maintenance,
+            target_lifecycle_state=imds.watch_target_lifecycle_state,
         )
 
     async def ready(self) -> tuple[bool, str]:

@@ -126,6 +126,17 @@ class LifecycleTerminate(Notice):
 
 
 @dataclass(frozen=True, kw_only=True)
+class AutoScalingTerminating(Notice):
+    """IMDS says the instance's Auto Scaling target lifecycle state is `Terminated`: the group is terminating it.
+
+    A terminate notice like LifecycleTerminate, under the same policy, but with no hook to complete (IMDS gives no
+    token; queue mode completes hooks) and no deadline of its own.
+    """
+
+    kind: ClassVar[Kind] = Kind.LIFECYCLE_TERMINATE
+
+
+@dataclass(frozen=True, kw_only=True)
 class LifecycleLaunch(Notice):
     kind: ClassVar[Kind] = Kind.LIFECYCLE_LAUNCH
     hook: LifecycleHook

@@ -10,6 +10,7 @@ any other state is malformed.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any
 
@@ -51,6 +52,25 @@ def parse_rebalance(body: str, instance_id: InstanceId | None = None) -> list[No
     return [
         notices.RebalanceRecommendation(
             event_id=f"imds-{when:%Y%m%dT%H%M%SZ}", event_time=when, instance_ids=_ids(instance_id), source="imds"
+        )
+    ]
+
+
+# Auto Scaling's target lifecycle states (InService, Pending, Standby, Detached, Warmed:Stopped, ...): one word, or
+# `Warmed:` and one; only Terminated is a notice.
+_LIFECYCLE_STATE = re.compile(r"[A-Za-z]{1,32}(:[A-Za-z]{1,32})?")
+
+
+def parse_target_lifecycle_state(body: str, instance_id: InstanceId | None = None) -> list[Notice]:
+    """`autoscaling/target-lifecycle-state`, plain text: `Terminated` means the group is terminating the instance."""
+    state = body.strip()
+    if not _LIFECYCLE_STATE.fullmatch(state):
+        return [_malformed(f"target-lifecycle-state is not a lifecycle state: {state[:40]!r}", instance_id)]
+    if state != "Terminated":
+        return []
+    return [
+        notices.AutoScalingTerminating(
+            event_id="imds-target-lifecycle-terminated", instance_ids=_ids(instance_id), source="imds"
         )
     ]
 

@@ -19,7 +19,12 @@ from spotq.acknowledging import Outcome
 from spotq.errors import ImdsError
 from spotq.notices import InstanceId, Notice
 from spotq.observability import logs, metrics
-from spotq.parsing_imds import parse_instance_action, parse_rebalance, parse_scheduled_maintenance
+from spotq.parsing_imds import (
+    parse_instance_action,
+    parse_rebalance,
+    parse_scheduled_maintenance,
+    parse_target_lifecycle_state,
+)
 from spotq.ports import NodeRef
 
 log = logs.get("spotq.imds")
@@ -27,6 +32,7 @@ log = logs.get("spotq.imds")
 INSTANCE_ACTION_PATH = "/latest/meta-data/spot/instance-action"
 REBALANCE_PATH = "/latest/meta-data/events/recommendations/rebalance"
 SCHEDULED_MAINTENANCE_PATH = "/latest/meta-data/events/maintenance/scheduled"
+TARGET_LIFECYCLE_STATE_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
 INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
 
 # While IMDS keeps failing, repeat the warning this often rather than on every poll.
@@ -57,12 +63,12 @@ class Watch:
     parse: Callable[[str, InstanceId | None], list[Notice]]
 
 
-def watches(scheduled_maintenance: bool) -> tuple[Watch, ...]:
-    # The interruption first: it is the one with a two-minute clock.
-    found = [
-        Watch("instance_action", INSTANCE_ACTION_PATH, parse_instance_action),
-        Watch("rebalance", REBALANCE_PATH, parse_rebalance),
-    ]
+def watches(scheduled_maintenance: bool, target_lifecycle_state: bool = False) -> tuple[Watch, ...]:
+    # The interruption first: it is the one with a two-minute clock; then a termination by the Auto Scaling group.
+    found = [Watch("instance_action", INSTANCE_ACTION_PATH, parse_instance_action)]
+    if target_lifecycle_state:
+        found.append(Watch("target_lifecycle_state", TARGET_LIFECYCLE_STATE_PATH, parse_target_lifecycle_state))
+    found.append(Watch("rebalance", REBALANCE_PATH, parse_rebalance))
     if scheduled_maintenance:
         found.append(Watch("scheduled_maintenance", SCHEDULED_MAINTENANCE_PATH, parse_scheduled_maintenance))
     return tuple(found)
@@ -120,6 +126,7 @@ class Watcher:
         interval_seconds: float,
         stale_after_seconds: float,
         scheduled_maintenance: bool = False,
+        target_lifecycle_state: bool = False,
     ) -> None:
         self._imds = imds
         self._nodes = nodes
@@ -127,7 +134,7 @@ class Watcher:
         self._node_name = node_name
         self._interval = interval_seconds
         self._stale_after = stale_after_seconds
-        self._watches = watches(scheduled_maintenance)
+        self._watches = watches(scheduled_maintenance, target_lifecycle_state)
         self._handled: dict[str, _Handled] = {}
         self._malformed_logged: set[tuple[str, str]] = set()
         self._instance_id: InstanceId | None = None

@@ -200,6 +200,11 @@ class ImdsSettings(_Group):
         False,
         description="Read without a token (IMDSv1) when no IMDSv2 token can be had; off: IMDSv2 only, as AWS advises.",
     )
+    watch_target_lifecycle_state: bool = Field(
+        True,
+        description="Also poll autoscaling/target-lifecycle-state: Terminated is a terminate notice "
+        "(lifecycle_terminate policy; no hook is completed from IMDS). 404 outside Auto Scaling groups.",
+    )
     watch_scheduled_maintenance: bool = Field(
         False,
         description="Also poll events/maintenance/scheduled and act on active events (scheduled_change policy).",

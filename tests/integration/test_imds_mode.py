@@ -328,3 +328,53 @@ def test_a_notice_served_by_the_mock_drains_exactly_this_node_before_its_time(
             assert pod["spec"].get("nodeName") == neighbour.node_name
     other = local_cluster.get_node(neighbour.node_name)
     assert other is not None and not other["spec"].get("unschedulable") and not other["spec"].get("taints")
+
+
+def test_an_auto_scaling_termination_seen_on_imds_drains_the_node_and_completes_no_hook(
+    local_cluster: LocalCluster, imds_env: dict[str, str], namespace: str, tmp_path: Path
+) -> None:
+    victim, neighbour = local_cluster.create_spot_nodes(2, labels={"pool": namespace})
+    local_cluster.create_deployment_with_pdb(
+        namespace, "web", 4, min_available=3, node_selector={"pool": namespace}, termination_grace_period_seconds=2
+    )
+    local_cluster.wait_deployments_ready(namespace, ["web"], timeout=120)
+    assert workload_pods_on(local_cluster, namespace, victim.node_name), "the scheduler put no pod on the victim"
+    # The mock's asglifecycle mode serves InService, then Terminated after the delay (and no Spot notice at all).
+    mock = ImdsMock(
+        workdir=tmp_path,
+        mode="asglifecycle",
+        imdsv2=True,
+        instance_id=victim.instance_id,
+        extra_args=("--asg-termination-delay-sec", "4"),
+    )
+    with mock:
+        env = {**imds_env, "SPOTQ_IMDS__ENDPOINT": mock.endpoint_url, "NODE_NAME": victim.node_name}
+        with SpotqImdsProcess(env, log_path=tmp_path / "spotq.log") as spotq:
+            wait_until(
+                "victim tainted and cordoned",
+                lambda: (
+                    (n := local_cluster.get_node(victim.node_name) or {})
+                    and taint(n, "spotq.io/lifecycle-terminate") == "NoSchedule"
+                    and n["spec"].get("unschedulable")
+                ),
+                timeout=30,
+            )
+            wait_until("victim drained", lambda: not workload_pods_on(local_cluster, namespace, victim.node_name), 90)
+            wait_until(
+                "drain recorded",
+                lambda: (
+                    (local_cluster.get_node(victim.node_name) or {})["metadata"]["annotations"].get("spotq.io/drain")
+                    == "finished"
+                ),
+                timeout=30,
+            )
+            assert spotq.metric("spotq_imds_polls_total", path="target_lifecycle_state", result="notice") >= 1
+            assert spotq.metric("spotq_imds_notices_total", kind="lifecycle_terminate") == 1
+            assert spotq.metric("spotq_lifecycle_completions_total") == 0  # IMDS has no hook token to complete
+            assert spotq.stop() == 0
+    node = local_cluster.get_node(victim.node_name)
+    assert node is not None
+    record = json.loads(node["metadata"]["annotations"]["spotq.io/lifecycle-terminate"])
+    assert record["id"] == "imds-target-lifecycle-terminated"
+    other = local_cluster.get_node(neighbour.node_name)
+    assert other is not None and not other["spec"].get("unschedulable") and not other["spec"].get("taints")

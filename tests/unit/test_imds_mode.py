@@ -17,7 +17,13 @@ from spotq.errors import TransientError
 from spotq.kube.nodes import NodeIndex
 from spotq.notices import InstanceId, Notice
 from spotq.observability import logs, metrics
-from spotq.polling import INSTANCE_ACTION_PATH, INSTANCE_ID_PATH, REBALANCE_PATH, SCHEDULED_MAINTENANCE_PATH
+from spotq.polling import (
+    INSTANCE_ACTION_PATH,
+    INSTANCE_ID_PATH,
+    REBALANCE_PATH,
+    SCHEDULED_MAINTENANCE_PATH,
+    TARGET_LIFECYCLE_STATE_PATH,
+)
 from spotq.ports import NodeRef
 from spotq.resolving import OwnNode
 from spotq.settings import ImdsSettings, Settings
@@ -217,6 +223,24 @@ async def test_a_notice_served_on_every_poll_is_acted_on_once() -> None:
     assert plan.drains
     assert sample_value("spotq_imds_notices_total", kind="spot_interruption") - before == 1
     assert watcher.handled() == {"spot_interruption": "done"}
+
+
+async def test_an_auto_scaling_termination_is_polled_and_drains_once_when_enabled() -> None:
+    imds = FakeMetadata({INSTANCE_ID_PATH: INSTANCE, TARGET_LIFECYCLE_STATE_PATH: "InService"})
+    actor = RecordingActor()
+    watcher, _ = make_watcher(imds, actor, target_lifecycle_state=True)
+    await poll_and_settle(watcher, rounds=2)
+    assert actor.acted == [] and TARGET_LIFECYCLE_STATE_PATH in imds.reads
+    imds.documents[TARGET_LIFECYCLE_STATE_PATH] = "Terminated"
+    await poll_and_settle(watcher, rounds=3)
+    ((plan, notice, node),) = actor.acted
+    assert node == "n1" and notice.kind is notices.Kind.LIFECYCLE_TERMINATE
+    assert plan.step_names == ["event", "taint", "cordon", "exclude_from_load_balancers", "drain"]
+    # Off: the path is never read.
+    off = FakeMetadata({INSTANCE_ID_PATH: INSTANCE, TARGET_LIFECYCLE_STATE_PATH: "Terminated"})
+    watcher, _ = make_watcher(off, RecordingActor(), target_lifecycle_state=False)
+    await poll_and_settle(watcher)
+    assert TARGET_LIFECYCLE_STATE_PATH not in off.reads
 
 
 async def test_rebalance_then_interruption_each_get_their_own_plan() -> None:

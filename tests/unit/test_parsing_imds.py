@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from spotq import notices, parsing_imds
+from spotq.notices import InstanceId
 from spotq.polling import INSTANCE_ID_PATH
 from tests.unit.test_imds_mode import FakeMetadata, RecordingActor, make_watcher, sample
 
@@ -92,3 +93,21 @@ async def test_the_instance_id_from_imds_follows_the_queue_rule(served: str, tak
     watcher, _ = make_watcher(FakeMetadata({INSTANCE_ID_PATH: served}), RecordingActor())
     await watcher.poll()
     assert watcher.instance_id == taken
+
+
+@pytest.mark.parametrize("state", ["InService", "Pending", "Standby", "Detached", "Warmed:Stopped", " InService\n"])
+def test_a_target_lifecycle_state_other_than_terminated_is_no_notice(state: str) -> None:
+    assert parsing_imds.parse_target_lifecycle_state(state) == []
+
+
+def test_target_lifecycle_state_terminated_is_a_terminate_notice_without_a_hook() -> None:
+    (notice,) = parsing_imds.parse_target_lifecycle_state("Terminated\n", InstanceId("i-0b662ef9931388ba0"))
+    assert isinstance(notice, notices.AutoScalingTerminating)
+    assert notice.kind is notices.Kind.LIFECYCLE_TERMINATE and notice.deadline is None and notice.source == "imds"
+    assert notice.instance_ids == ("i-0b662ef9931388ba0",)
+
+
+@pytest.mark.parametrize("body", ["", "<html>oops</html>", "Terminated please", "x" * 100])
+def test_a_target_lifecycle_state_that_is_no_state_is_malformed(body: str) -> None:
+    (notice,) = parsing_imds.parse_target_lifecycle_state(body)
+    assert isinstance(notice, notices.Malformed) and "target-lifecycle-state" in notice.reason

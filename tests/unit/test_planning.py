@@ -38,6 +38,7 @@ DEFAULT = planning.Policy.from_settings(Settings())
             notices.LifecycleTerminate(event_id="e", event_time=T0, instance_ids=IDS, hook=HOOK),
             [*FULL, "complete_lifecycle"],
         ),
+        (notices.AutoScalingTerminating(event_id="e", instance_ids=IDS, source="imds"), FULL),  # no hook to complete
         (notices.LifecycleLaunch(event_id="e", event_time=T0, instance_ids=IDS, hook=HOOK), []),
         (notices.RebalanceRecommendation(event_id="e", event_time=T0, instance_ids=IDS), ["event", "taint"]),
         (

@@ -33,6 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from spotq import backoff
 from spotq.notices import Delivery
 from spotq.observability import metrics
 from spotq.settings import QueueSettings
@@ -128,8 +129,7 @@ class Acknowledger:
     ) -> None:
         self._queue = queue
         self._settings = settings
-        self._retry_initial = delete_retry_initial_seconds
-        self._retry_max = delete_retry_max_seconds
+        self._delete_backoff = backoff.Backoff(delete_retry_initial_seconds, delete_retry_max_seconds)
         self._held: dict[str, _Held] = {}
         self._deleting: set[str] = set()  # held messages whose delete is pending
         # Orders a hand-back after any extension under way: SQS applying an older extension last would hide the
@@ -252,7 +252,7 @@ class Acknowledger:
                 continue
             if receipt in failed:
                 held.failed_deletes += 1
-                held.due = now + min(self._retry_max, self._retry_initial * 2 ** (held.failed_deletes - 1))
+                held.due = now + self._delete_backoff.seconds(held.failed_deletes)
                 retrying += 1
             elif held.receipt != receipt:
                 held.due = now  # redelivered meanwhile: an older handle may "succeed" without deleting

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from spotq import backoff
 from spotq.acknowledging import Acknowledger, Outcome, ReceiptApi
 from spotq.errors import TransientError
 from spotq.notices import Delivery, Notice
@@ -28,6 +29,8 @@ Handle = Callable[[Delivery], Awaitable[tuple[Notice, Outcome]]]
 _BATCH = 10
 # A long poll answers within wait_seconds; this much more covers the network. Past it, a receive is in trouble.
 RECEIVE_MARGIN_SECONDS = 5.0
+# A failed receive is tried again after 1 s, doubling up to 30 s while SQS keeps failing.
+_RECEIVE_BACKOFF = backoff.Backoff(initial_seconds=1.0, max_seconds=30.0)
 
 
 class QueueApi(ReceiptApi, Protocol):
@@ -120,7 +123,7 @@ class Dispatcher:
                 self.state.receive_failures += 1
                 self.state.last_receive_failed = loop.time()
                 log.warning("receive failed", extra={"error": str(exc)[:200], "failures": failures})
-                await _pause(stop, min(30.0, 0.5 * 2**failures))
+                await _pause(stop, _RECEIVE_BACKOFF.seconds(failures))
                 continue
             else:
                 self.state.last_receive_ok = loop.time()

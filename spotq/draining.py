@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import random
 import re
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal
 
+from spotq.backoff import Backoff
 from spotq.budgets import BudgetKey, Budgets
 from spotq.errors import ApiError, SpotqError
 from spotq.observability import metrics
@@ -31,10 +31,12 @@ log = logging.getLogger(__name__)
 # How long a budget may show no progress (no status update, no admission) before its waiting pods ask the API
 # server anyway: a lost watch event must not stall a drain; the watch normally reports a change within a second.
 BUDGET_PATIENCE_SECONDS = 10.0
-# The Eviction API names the budget that refused: "The disruption budget web needs 3 healthy pods and has 3 ...".
 # Drains are numbered as they start: among equal deadlines, earlier drains' pods take budget room first.
 _DRAINS = itertools.count()
+# The Eviction API names the budget that refused: "The disruption budget web needs 3 healthy pods and has 3 ...".
 _REFUSING_BUDGET = re.compile(r"disruption budget ([a-z0-9]([-a-z0-9.]*[a-z0-9])?) needs")
+# A pod watch the server broke is started again after 0.2 s, doubling up to 2 s.
+_POD_WATCH_BACKOFF = Backoff(initial_seconds=0.2, max_seconds=2.0)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,10 @@ class DrainOptions:
     # A pod the scheduler bound just before the taint landed shows up on the watch a moment after the first look:
     # the drain is not complete before this long after its start (as Karpenter does), nor after the deadline.
     settle_seconds: float = 5.0
+
+    @property
+    def retry_backoff(self) -> Backoff:
+        return Backoff(self.retry_initial_seconds, self.retry_max_seconds, jitter=0.5, min_seconds=0.05)
 
 
 class DrainDeadline:
@@ -150,10 +156,8 @@ def clamp_grace(pod_grace: int, seconds_left: float) -> int | None:
 
 
 def backoff(attempt: int, options: DrainOptions, retry_after: float | None) -> float:
-    """Exponential with jitter, at least Retry-After, never zero."""
-    delay = min(options.retry_max_seconds, options.retry_initial_seconds * (2**attempt))
-    delay = random.uniform(delay / 2, delay)
-    return max(delay, retry_after or 0.0, 0.05)
+    """The pause before eviction attempt `attempt` + 1: exponential with jitter, at least Retry-After, never zero."""
+    return options.retry_backoff.seconds(attempt + 1, retry_after=retry_after)
 
 
 class _Watcher:
@@ -196,7 +200,7 @@ class _Watcher:
                 if isinstance(exc, ApiError) and exc.status == 410:
                     await self._resync()
                 log.debug("pod watch restarting", extra={"node": self._node, "error": str(exc)[:200]})
-                await asyncio.sleep(min(2.0, 0.1 * 2**failures))
+                await asyncio.sleep(_POD_WATCH_BACKOFF.seconds(failures))
             else:
                 # The server closed the watch (timeout): resync so nothing deleted or bound in between is missed.
                 await self._resync()
@@ -387,8 +391,7 @@ class _Drain:
                     if refusing and budgets.active:
                         # The budget's next status change is what to wait for: a short pause covers a watch that
                         # has not yet seen the refusal, then `turn` waits for room.
-                        initial = self.options.retry_initial_seconds
-                        await self._pause(random.uniform(initial / 2, initial), window)
+                        await self._pause(backoff(0, self.options, None), window)
                         attempt += 1
                         continue
                 else:

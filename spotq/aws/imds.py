@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from spotq import backoff
 from spotq.errors import ImdsError
 from spotq.observability import metrics
 
@@ -32,8 +33,7 @@ HOP_LIMIT_HINT = (
 )
 
 # Back-off between retries of one request: doubling from 0.1 s, at most 1 s, each drawn in [d/2, d].
-_BACKOFF_INITIAL_SECONDS = 0.1
-_BACKOFF_MAX_SECONDS = 1.0
+_BACKOFF = backoff.Backoff(initial_seconds=0.1, max_seconds=1.0, jitter=0.5)
 # Renew a token this long before it expires (a quarter of a short TTL).
 _TOKEN_RENEW_MARGIN_SECONDS = 60.0
 # After falling back to IMDSv1, try for a token again this often.
@@ -89,9 +89,8 @@ class ImdsClient:
                 if not exc.retryable or attempt >= self._config.retries:
                     raise
                 log.debug("imds request failed, retrying", extra={"path": path, "error": str(exc)})
-            delay = min(_BACKOFF_MAX_SECONDS, _BACKOFF_INITIAL_SECONDS * 2**attempt)
-            await asyncio.sleep(self._rng.uniform(delay / 2, delay))
             attempt += 1
+            await asyncio.sleep(_BACKOFF.seconds(attempt, rng=self._rng))
 
     def forget_token(self) -> None:
         self._token = None

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+import spotq.backoff
 from spotq.errors import ApiError, SpotqError
 from spotq.kube.transport import JSON, Transport, WatchStreamError
 from spotq.observability import metrics
@@ -54,8 +54,7 @@ class Backoff:
     def seconds(self, failures: int, *, denied: bool = False) -> float:
         """The wait after the `failures`-th failure in a row: between half and all of min(cap, initial * 2^(n-1))."""
         cap = self.denied_max_seconds if denied else self.max_seconds
-        full = min(cap, self.initial_seconds * 2 ** min(max(0, failures - 1), 32))
-        return random.uniform(full / 2, full)
+        return spotq.backoff.Backoff(self.initial_seconds, cap, jitter=0.5).seconds(failures)
 
     async def pause(self, failures: int, *, denied: bool = False) -> None:
         await asyncio.sleep(self.seconds(failures, denied=denied))

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from spotq import notices
+import pytest
+
+from spotq import dispatching, notices
 from spotq.acknowledging import Outcome
 from spotq.dispatching import Dispatcher
+from spotq.errors import TransientError
 from spotq.notices import Delivery, Notice
 from spotq.settings import QueueSettings
 from tests.fakes import FakeQueue
@@ -256,3 +259,22 @@ async def test_a_queue_that_hangs_is_unready_within_the_probe_timeout() -> None:
         assert await dispatcher.ready(probe_timeout_seconds=0.05) == (False, "queue not reachable")
     queue.reachable_hangs = False
     assert await dispatcher.ready() == (True, "ok")
+
+
+async def test_a_long_queue_outage_does_not_stop_the_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
+    class DownQueue(FakeQueue):
+        async def receive(self, max_messages: int, wait_seconds: int, visibility_seconds: int) -> list[Delivery]:
+            await asyncio.sleep(0)
+            raise TransientError("receive_message: connection refused")
+
+    pauses: list[float] = []
+
+    async def pause(stop: asyncio.Event, seconds: float) -> None:
+        pauses.append(seconds)  # recorded, not slept: 1100 failures at 30 s apiece are nine hours
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(dispatching, "_pause", pause)
+    dispatcher = Dispatcher(DownQueue(), by_body, QueueSettings(receivers=1), stop_grace_seconds=1)
+    await run_until(dispatcher, lambda: dispatcher.state.receive_failures >= 1100, timeout=10)
+    assert pauses[:3] == [1.0, 2.0, 4.0]
+    assert max(pauses) == 30.0

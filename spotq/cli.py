@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         return _imds(settings)
     if args.command == "release":
         return _release(settings, args.nodes)
+    if args.command == "audit":
+        return _audit(settings, args.namespace or [], args.output)
     parser.print_help()
     return 2
 
@@ -91,6 +93,13 @@ def _release(settings: Settings, nodes: list[str]) -> int:
     from spotq import releasing
 
     return _serve(settings, lambda: releasing.release(settings, nodes))
+
+
+def _audit(settings: Settings, namespaces: list[str], output: str) -> int:
+    from spotq.audit import command
+
+    chosen: command.Output = "json" if output == "json" else "table"
+    return _serve(settings, lambda: command.audit(settings, namespaces=namespaces, output=chosen))
 
 
 def _serve(settings: Settings, main: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -226,6 +235,25 @@ def _parser() -> argparse.ArgumentParser:
         description="Undo what spotq set on the nodes (an operator's own cordon or taints stay).",
     )
     release_parser.add_argument("nodes", nargs="+", metavar="NODE", help="node name")
+    audit_parser = sub.add_parser(
+        "audit",
+        help="read-only: what the next Spot interruption would break (exit 1 when something is at risk)",
+        description="List what an interruption of the Spot nodes in spotq's scope would break: single replicas, "
+        "replicas all in one pool or zone, missing or blocking PodDisruptionBudgets, grace periods longer than the "
+        "window, local storage, bare pods, Spot nodes without spotq's IMDS pod, a queue consumer not ready. "
+        "Exit status: 0 nothing at risk, 1 something at risk, 2 wrong setting or the cluster could not be read.",
+    )
+    audit_parser.add_argument(
+        "-o", "--output", choices=("table", "json"), default="table", help="output format (default: table)"
+    )
+    audit_parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        metavar="NAMESPACE",
+        help="audit only this namespace's workloads and pods (repeatable; default: all); nodes and spotq's own "
+        "pods are checked cluster-wide",
+    )
     explain_parser = sub.add_parser(
         "explain",
         help="classify one message body and print what would be done (no AWS, no cluster)",

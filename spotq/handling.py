@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from datetime import datetime
 from typing import Literal, Protocol
 
 from spotq import clock, notices, parsing, planning
@@ -51,12 +50,11 @@ class Handler:
         self._unknown_logged: OrderedDict[InstanceId, None] = OrderedDict()
 
     async def handle(self, delivery: Delivery) -> tuple[Notice, Outcome]:
-        received_loop_time = asyncio.get_running_loop().time()
-        received_at = clock.now()
+        received = clock.instant()
         notice = parsing.parse(delivery.body)
         metrics.MESSAGES_RECEIVED.labels(kind=notice.kind.value).inc()
         if notice.event_time is not None:
-            age = (received_at - notice.event_time).total_seconds()
+            age = (received.wall - notice.event_time).total_seconds()
             metrics.MESSAGE_AGE.labels(kind=notice.kind.value).observe(max(age, 0.0))
         context = log.bind(kind=notice.kind.value, notice_id=notice.event_id, message_id=delivery.message_id)
         if isinstance(notice, notices.Malformed):
@@ -68,17 +66,18 @@ class Handler:
         if isinstance(notice, notices.TestNotification):
             context.info("auto scaling test notification")
             return notice, Outcome.TEST_NOTIFICATION
-        return notice, await self.handle_notice(notice, received_at, received_loop_time, context)
+        return notice, await self.handle_notice(notice, received, context)
 
     async def handle_notice(
-        self, notice: Notice, received_at: datetime, received_loop_time: float, context: logs.Context | None = None
+        self, notice: Notice, received: clock.Instant, context: logs.Context | None = None
     ) -> Outcome:
-        """Act on a typed notice for each instance it names; the most cautious outcome is the notice's."""
+        """Act on a typed notice for each instance it names; the most cautious outcome is the notice's. Its
+        deadlines are measured from `received`, the one instant it was received at."""
         context = context or log.bind(kind=notice.kind.value, notice_id=notice.event_id, source=notice.source)
         context.info("notice received", extra={"instances": ",".join(notice.instance_ids)})
         async with asyncio.TaskGroup() as group:
             tasks = [
-                group.create_task(self._instance(notice, instance_id, received_at, received_loop_time, context))
+                group.create_task(self._instance(notice, instance_id, received, context))
                 for instance_id in notice.instance_ids
             ]
         return combine([task.result() for task in tasks])
@@ -87,8 +86,7 @@ class Handler:
         self,
         notice: Notice,
         instance_id: InstanceId,
-        received_at: datetime,
-        received_loop_time: float,
+        received: clock.Instant,
         context: logs.Context,
     ) -> Outcome:
         context = context.bind(instance=instance_id)
@@ -98,13 +96,13 @@ class Handler:
             ):
                 self._log_unknown(instance_id, "hook's group is not in SPOTQ_POLICY__LIFECYCLE_GROUPS", context)
                 return Outcome.OUT_OF_SCOPE
-            plan = planning.plan(notice, self._policy, received_at)
+            plan = planning.plan(notice, self._policy, received.wall)
             if not plan.steps:
                 context.info("no action for this notice")
                 return Outcome.NO_ACTION
             resolution = await self._resolver.resolve(instance_id)
             if isinstance(notice, notices.LifecycleLaunch) and resolution.node is None:
-                joined = await self._await_launch(instance_id, plan, context)
+                joined = await self._await_launch(instance_id, plan, received, context)
                 if joined is None:
                     return Outcome.FAILED
                 resolution = joined
@@ -118,7 +116,7 @@ class Handler:
             if self._dry_run:
                 context.info("dry run: would act", extra={"steps": plan.step_names})
                 return Outcome.DRY_RUN
-            await self._actor.act(plan, notice, node, received_loop_time, context)
+            await self._actor.act(plan, notice, node, received.loop, context)
             return Outcome.DONE
         except PermanentError as exc:
             context.warning("notice failed for good", extra={"error": str(exc)[:300]})
@@ -127,14 +125,16 @@ class Handler:
             context.warning("notice will be retried", extra={"error": str(exc)[:300]})
             return Outcome.TRANSIENT
 
-    async def _await_launch(self, instance_id: InstanceId, plan: Plan, context: logs.Context) -> Resolution | None:
+    async def _await_launch(
+        self, instance_id: InstanceId, plan: Plan, received: clock.Instant, context: logs.Context
+    ) -> Resolution | None:
         """A launch hook arrives before its node joins (that takes minutes): hold the message in flight, its
         visibility extended, instead of handing it back (each redelivery brings it closer to the DLQ)."""
         context.info(
             "launch hook: waiting for the instance to join as a node", extra={"until": plan.deadline.isoformat()}
         )
         try:
-            async with asyncio.timeout_at(clock.loop_deadline(plan.deadline)):
+            async with asyncio.timeout_at(received.loop_time(plan.deadline)):
                 await self._resolver.joined(instance_id)
         except TimeoutError:
             context.warning(

@@ -11,7 +11,6 @@ import asyncio
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from datetime import datetime
 from typing import Literal, Protocol
 
 from spotq import clock, notices, parsing
@@ -90,7 +89,7 @@ class Nodes(Protocol):
 
 class NoticeHandler(Protocol):
     async def handle_notice(
-        self, notice: Notice, received_at: datetime, received_loop_time: float, context: logs.Context | None = None
+        self, notice: Notice, received: clock.Instant, context: logs.Context | None = None
     ) -> Outcome: ...
 
 
@@ -103,8 +102,7 @@ class _Handled:
     """A notice seen on IMDS: the first sighting fixes its receipt time (and so a rebalance's drain deadline)."""
 
     notice: Notice
-    received_at: datetime
-    received_loop_time: float
+    received: clock.Instant
     status: Literal["acting", "done", "retry"] = "acting"
     node_missing_logged: bool = False
 
@@ -232,7 +230,7 @@ class Watcher:
             key = identity(notice)
             entry = self._handled.get(key)
             if entry is None:
-                entry = _Handled(notice, clock.now(), asyncio.get_running_loop().time())
+                entry = _Handled(notice, clock.instant())
                 self._handled[key] = entry
                 metrics.IMDS_NOTICES.labels(kind=notice.kind.value).inc()
                 log.info(
@@ -270,7 +268,7 @@ class Watcher:
         if not notice.instance_ids:
             # IMDS did not say which instance this is; the notice is about this node all the same (OwnNode).
             notice = replace(notice, instance_ids=(node.instance_id if node and node.instance_id else InstanceId(""),))
-        outcome = await self._handler.handle_notice(notice, entry.received_at, entry.received_loop_time, context)
+        outcome = await self._handler.handle_notice(notice, entry.received, context)
         if outcome in _TRY_AGAIN:
             if node is None and not entry.node_missing_logged:
                 context.warning("node not in the cluster (yet): trying again at the next poll")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+import spotq.clock
 from spotq.errors import TransientError
 from spotq.notices import InstanceId
 from spotq.observability import metrics
@@ -33,7 +33,7 @@ MAX_CACHED = 10_000
 class InstanceLookup:
     """`describe(id)` queues a request; `run()` (owned by the app's TaskGroup) answers them in batches."""
 
-    def __init__(self, client: Any, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: Any, *, clock: Callable[[], float] = spotq.clock.loop_now) -> None:
         self._client = client
         self._clock = clock
         self._requests: asyncio.Queue[tuple[InstanceId, asyncio.Future[InstanceInfo | None]]] = asyncio.Queue()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
 
+import spotq.clock
 from spotq import backoff
 from spotq.errors import ImdsError
 from spotq.observability import metrics
@@ -61,7 +61,7 @@ class ImdsClient:
         session: aiohttp.ClientSession,
         config: ImdsConfig,
         *,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = spotq.clock.loop_now,
         rng: random.Random | None = None,
     ) -> None:
         self._session = session

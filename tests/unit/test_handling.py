@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from spotq import handling, planning, plans, selectors
+import pytest
+
+from spotq import clock, handling, planning, plans, selectors
 from spotq.acknowledging import Outcome
 from spotq.aws.ec2 import InstanceInfo
 from spotq.kube.nodes import NodeIndex, NodeRef
@@ -152,3 +154,23 @@ async def test_launch_hook_whose_node_never_joins_is_given_up_at_its_limit() -> 
     async with asyncio.timeout(2):
         assert await handle(handler, launch_body(HOOK_INSTANCE)) is Outcome.FAILED
     assert actor.acted == []
+
+
+async def test_a_wall_clock_step_after_receipt_does_not_cut_a_launch_wait_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    body = launch_body(HOOK_INSTANCE)
+    received = datetime.now(UTC)
+    readings = iter([received])  # read at receipt; every later reading a day on (the clock was stepped)
+    monkeypatch.setattr(clock, "now", lambda: next(readings, received + timedelta(days=1)))
+    index = synced_index()
+    handler, actor = make_handler(index, Settings(policy={"complete_lifecycle_launch": True}))  # type: ignore[arg-type]
+    task = asyncio.create_task(handle(handler, body))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert not task.done()  # the wait is measured on the loop clock from the receipt, not from a later reading
+    index.apply(node_json("new-node", HOOK_INSTANCE))
+    await index._notify()
+    async with asyncio.timeout(2):
+        assert await task is Outcome.DONE
+    assert actor.acted == [(["complete_lifecycle"], "new-node")]

@@ -118,6 +118,17 @@ async def test_token_is_renewed_before_it_expires() -> None:
     assert imds.gets == ["token-1", "token-1", "token-2"]
 
 
+async def test_the_tokens_life_is_counted_on_the_loop_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    real, ahead = loop.time, [0.0]
+    monkeypatch.setattr(loop, "time", lambda: real() + ahead[0])
+    async with serving(FakeImds()) as imds, client_for(imds.url, token_ttl_seconds=100) as client:
+        await client.get(ACTION)
+        ahead[0] = 76.0  # by the loop's clock the token is inside its renewal margin
+        await client.get(ACTION)
+    assert len(imds.puts) == 2
+
+
 async def test_a_401_gets_a_fresh_token_and_the_read_succeeds() -> None:
     async with serving(FakeImds()) as imds, client_for(imds.url) as client:
         await client.get(ACTION)

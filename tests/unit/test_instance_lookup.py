@@ -6,6 +6,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
+
 from spotq.aws import ec2
 from spotq.notices import InstanceId
 
@@ -76,5 +78,22 @@ async def test_the_cache_is_bounded(monkeypatch: Any) -> None:
         for n in range(12):
             await lookup.describe(InstanceId(f"i-{n:017x}"))
         assert len(lookup) == 5
+    finally:
+        task.cancel()
+
+
+async def test_answers_expire_by_the_loop_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    real, ahead = loop.time, [0.0]
+    monkeypatch.setattr(loop, "time", lambda: real() + ahead[0])
+    fake = FakeEc2()
+    lookup = ec2.InstanceLookup(fake)
+    task = asyncio.create_task(lookup.run())
+    try:
+        instance = InstanceId("i-0123456789abcdef0")
+        assert await lookup.describe(instance) is None
+        fake.instances[instance] = "ip-10-0-0-1.ec2.internal"
+        ahead[0] = ec2.NOT_FOUND_TTL_SECONDS + 1
+        assert await lookup.describe(instance) is not None
     finally:
         task.cancel()

@@ -31,6 +31,10 @@ class TokenBucket:
         self._gate: Gate[int] = Gate(hand_on=self._give_back)
         self._timer: asyncio.TimerHandle | None = None
 
+    @property
+    def waiting(self) -> int:
+        return self._gate.waiting
+
     def _refill(self, now: float) -> None:
         if self._stamp is not None:
             self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)

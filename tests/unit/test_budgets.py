@@ -228,3 +228,26 @@ async def test_patience_runs_on_the_loop_clock(monkeypatch: pytest.MonkeyPatch) 
     now += 31  # the budget showed no progress for longer than the patience, by the loop's clock
     await loop_turns()
     assert task.done()
+
+
+async def test_a_token_granted_to_a_waiter_cancelled_as_it_came_goes_to_the_next_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    loop = asyncio.get_running_loop()
+    now = loop.time()
+    monkeypatch.setattr(loop, "time", lambda: now)  # a fake loop clock: no token comes unless it is moved
+    bucket = TokenBucket(qps=1, burst=1)
+    await bucket.acquire()  # the bucket is empty now
+    first = asyncio.create_task(bucket.acquire())
+    second = asyncio.create_task(bucket.acquire())
+    await loop_turns()
+    now += 1.0  # one token's worth: the first waiter's
+    for _ in range(10):  # turns, not asyncio.timeout: the fake clock stands still
+        if bucket.waiting == 1:
+            break  # the refill timer granted the first waiter its token; that waiter has not run yet
+        await asyncio.sleep(0)
+    first.cancel()  # its node's deadline, in the same instant
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await loop_turns()
+    assert second.done()  # the returned token went on without waiting for another second

@@ -42,6 +42,7 @@ class Limits:
     safety_margin_seconds: float = 10.0
     delete_emptydir_data: bool = True
     evict_unmanaged_pods: bool = True
+    force_delete_seconds: float = 0.0  # SPOTQ_DRAIN__FORCE_DELETE_BEFORE_DEADLINE_SECONDS
     queue_configured: bool = False
 
     @property
@@ -55,6 +56,7 @@ class Limits:
             safety_margin_seconds=settings.drain.safety_margin_seconds,
             delete_emptydir_data=settings.drain.delete_emptydir_data,
             evict_unmanaged_pods=settings.drain.evict_unmanaged_pods,
+            force_delete_seconds=settings.drain.force_delete_before_deadline_seconds,
             queue_configured=bool(settings.queue.url),
         )
 
@@ -201,21 +203,23 @@ def missing_budget(cluster: Cluster, limits: Limits) -> list[Finding]:
 
 
 def blocking_budget(cluster: Cluster, limits: Limits) -> list[Finding]:
-    """A budget that allows no disruption: the drain waits until the node is gone and the pods die with it."""
+    """A budget that allows no disruption: the drain waits until the node is gone and the pods die with it (or,
+    with force-delete on, spotq deletes them shortly before the deadline, past their budget)."""
+    if limits.force_delete_seconds > 0:
+        severity = Severity.WARNING
+        outcome = (
+            f"spotq deletes its pods on an interrupted node {limits.force_delete_seconds:g} s before the deadline "
+            "(SPOTQ_DRAIN__FORCE_DELETE_BEFORE_DEADLINE_SECONDS), past the budget"
+        )
+    else:
+        severity, outcome = Severity.HIGH, "its pods on an interrupted node stop only when the node does"
     findings = []
     for workload, pods in _exposed_workloads(cluster):
         for budget in _covering(cluster.budgets, workload, pods):
             reason = _why_no_disruption(budget, workload.replicas)
             if reason is not None:
-                findings.append(
-                    _finding(
-                        "pdb-blocks-eviction",
-                        Severity.HIGH,
-                        workload,
-                        f"PodDisruptionBudget {budget.name} allows no eviction ({reason}): its pods on an "
-                        "interrupted node stop only when the node does",
-                    )
-                )
+                detail = f"PodDisruptionBudget {budget.name} allows no eviction ({reason}): {outcome}"
+                findings.append(_finding("pdb-blocks-eviction", severity, workload, detail))
     return findings
 
 

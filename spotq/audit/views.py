@@ -276,10 +276,15 @@ def cluster_from(snapshot: Snapshot, selector: Selector) -> Cluster:
         pods=pods,
         workloads=workloads_from(snapshot.deployments, snapshot.statefulsets, snapshot.replicasets, pods),
         budgets=tuple(budget_from(obj) for obj in snapshot.budgets),
-        imds_daemonsets=tuple(_ref(obj) for obj in snapshot.imds_daemonsets),
+        imds_daemonsets=tuple(_ref(obj) for obj in _staying(snapshot.imds_daemonsets)),
         imds_pods=tuple(pod_from(obj) for obj in snapshot.imds_pods),
-        queue_consumers=tuple(spotq_deployment_from(obj) for obj in snapshot.queue_deployments),
+        queue_consumers=tuple(spotq_deployment_from(obj) for obj in _staying(snapshot.queue_deployments)),
     )
+
+
+def _staying(objects: Sequence[JSON]) -> list[JSON]:
+    """spotq being uninstalled protects nothing."""
+    return [obj for obj in objects if (obj.get("metadata") or {}).get("deletionTimestamp") is None]
 
 
 def _ref(obj: JSON) -> Ref:

@@ -122,6 +122,14 @@ def test_budgets_that_allow_no_eviction_are_reported_with_the_reason() -> None:
         assert f"({reason})" in found[0].detail
 
 
+def test_a_blocking_budget_is_a_warning_when_spotq_force_deletes_before_the_deadline() -> None:
+    state = cluster(deployment(2, SPOT_A, SPOT_B), budgets=[budget(max_unavailable=0)])
+    assert checks.blocking_budget(state, Limits())[0].severity is Severity.HIGH
+    forced = checks.blocking_budget(state, Limits(force_delete_seconds=20))
+    assert forced[0].severity is Severity.WARNING
+    assert "deletes its pods on an interrupted node 20 s before the deadline" in forced[0].detail
+
+
 def test_budgets_that_allow_an_eviction_are_not_reported() -> None:
     fine = [
         budget(),

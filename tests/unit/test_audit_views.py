@@ -110,3 +110,13 @@ def test_only_nodes_in_spotqs_scope_are_audited() -> None:
     snapshot = Snapshot(nodes=[node("a", lifecycle="Ec2Spot", team="x"), node("b", lifecycle="Ec2Spot")])
     assert [n.name for n in views.cluster_from(snapshot, selectors.parse("team=x")).nodes] == ["a"]
     assert list(views.cluster_from(snapshot, selectors.parse("")).spot_nodes()) == ["a", "b"]
+
+
+def test_spotq_objects_being_deleted_protect_nothing() -> None:
+    gone = {"namespace": "spotq", "name": "old", "deletionTimestamp": "2024-01-01T00:00:00Z"}
+    snapshot = Snapshot(
+        imds_daemonsets=[{"metadata": {"namespace": "spotq", "name": "spotq"}}, {"metadata": gone}],
+        queue_deployments=[{"metadata": gone, "status": {"readyReplicas": 1}}],
+    )
+    state = views.cluster_from(snapshot, selectors.parse(""))
+    assert [str(ds) for ds in state.imds_daemonsets] == ["spotq/spotq"] and state.queue_consumers == ()

@@ -1,8 +1,9 @@
 """Count each contender's API requests from the API server's own audit log (one line per request).
 
 `apiserver_request_total` has no label naming the client, and kwok, the controller-manager and the scheduler are
-busy during every phase; the audit policy (see world.audit_policy) records only the benchmark's three
-ServiceAccounts, so each count here is exactly that contender's requests, whatever else the cluster did.
+busy during every phase; the audit policy (see world.audit_policy) records only the benchmark's own
+ServiceAccounts (spotq, kubectl drain, the ceiling client, aws-node-termination-handler), so each count here
+is exactly that contender's requests, whatever else the cluster did.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ class Requests:
     by_operation: Counter[str] = field(default_factory=Counter)
     by_code: Counter[int] = field(default_factory=Counter)
     evictions_accepted: list[float] = field(default_factory=list)  # receive times of 2xx evictions
+    # Pod name → when its first accepted eviction completed (the pod's grace starts then), for the deadline figures.
+    evicted_at: dict[str, float] = field(default_factory=dict)
     throttled: int = 0  # 429 from API priority and fairness (not a PDB refusal)
 
     def as_dict(self) -> dict[str, Any]:
@@ -79,6 +82,8 @@ class AuditLog:
                 requests.by_code[code] += 1
                 if resource == "pods/eviction" and 200 <= code < 300:
                     requests.evictions_accepted.append(_stamp(event["requestReceivedTimestamp"]))
+                    done = _stamp(event.get("stageTimestamp") or event["requestReceivedTimestamp"])
+                    requests.evicted_at.setdefault(ref.get("name", ""), done)
                 if code == 429 and resource != "pods/eviction":
                     requests.throttled += 1
         return result

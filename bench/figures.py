@@ -1,5 +1,6 @@
 """The figures of one phase, computed from its per-node rows and the observer's snapshot: latencies as p50/p99/max,
-nodes drained within the window, PDB lows, capacity back, CPU. Pure apart from reading the load average.
+nodes drained within the window, PDB lows, capacity back, CPU; and what the deadline (event + 120 s) leaves of the
+pods (`deadline`). Pure apart from reading the load average.
 
 phases.py collects the rows; report.py renders what this returns.
 """
@@ -7,7 +8,7 @@ phases.py collects the rows; report.py renders what this returns.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bench import procstat
@@ -90,10 +91,57 @@ def phase(
         "load_average_after": round(procstat.load_average(), 2),
         "timeline": {
             "capacity": [(round(t - start, 2), c) for t, c in capacity[:: max(1, len(capacity) // 2000)]],
+            "on_interrupted": [(round(t - start, 2), c) for t, c in _thin(snap.get("on_interrupted") or [])],
         },
         "watch_errors": snap["watch_errors"],
         "who": who,
     }
+
+
+def value_at(points: list[tuple[float, int]], when: float) -> int | None:
+    """A step series' value at `when` (its last point at or before it); None before its first point."""
+    before = [count for t, count in points if t <= when]
+    return before[-1] if before else None
+
+
+def deadline(
+    evicted_at: Mapping[str, float],
+    pods: int,
+    event_time: float,
+    grace: float,
+    on_interrupted: list[tuple[float, int]],
+    start: float,
+) -> dict[str, Any]:
+    """What the two-minute deadline (event time + 120 s) leaves of the interrupted nodes' `pods`.
+
+    A pod whose eviction was accepted at least its grace before the deadline can finish its termination; one
+    evicted later is cut short; one not evicted is killed with the instance. `evicted_at` is each pod's accepted
+    eviction (audit log, pod name → when the API server set its deletion); `on_interrupted` is the observer's
+    series of pods still bound to interrupted nodes (terminating or not)."""
+    end = event_time + WINDOW_SECONDS
+    graceful = sum(1 for t in evicted_at.values() if t + grace <= end)
+    by_deadline = sum(1 for t in evicted_at.values() if t <= end)
+    still_bound = value_at(on_interrupted, end)
+    return {
+        "deadline_after_event_seconds": WINDOW_SECONDS,
+        "deadline_after_start_seconds": rounded(end - start),
+        "grace_seconds": grace,
+        "pods": pods,
+        "evicted_with_grace_before_deadline": graceful,
+        "share_evicted_with_grace": rounded(graceful / pods, 3) if pods else None,
+        "evicted_grace_cut_short": by_deadline - graceful,
+        "evicted_by_deadline": by_deadline,
+        "not_evicted_by_deadline": max(0, pods - by_deadline),
+        "bound_at_deadline": still_bound,
+        "eviction_offsets": sorted(round(t - start, 2) for t in evicted_at.values()),
+    }
+
+
+def _thin(points: list[tuple[float, int]], most: int = 2000) -> list[tuple[float, int]]:
+    """At most about `most` points, keeping the last (a step series' final value)."""
+    if len(points) <= most:
+        return points
+    return points[:: len(points) // most] + points[-1:]
 
 
 def projected_all_drained(

@@ -1,8 +1,9 @@
 """What the benchmark sees during one phase, from watches on Nodes, the workload's Pods, PDBs and Deployments.
 
 Per interrupted node: when it carried the taint and was cordoned, and when its last pod was gone (drained).
-Cluster-wide: how many workload pods are Running+Ready on the remaining nodes over time (capacity), and the lowest
-healthy count every PDB and Deployment reached (PDB safety).
+Cluster-wide: how many workload pods are Running+Ready on the remaining nodes over time (capacity), how many are
+still bound to an interrupted node over time (what the deadline would kill), and the lowest healthy count every PDB
+and Deployment reached (PDB safety).
 """
 
 from __future__ import annotations
@@ -64,11 +65,13 @@ class Observer:
     deployments: dict[str, DeploymentLow] = field(default_factory=dict)
     capacity: list[tuple[float, int]] = field(default_factory=list)  # (time, ready pods on remaining nodes)
     capacity_restored: float | None = None
+    on_interrupted: list[tuple[float, int]] = field(default_factory=list)  # (time, pods bound to interrupted nodes)
     started: float = 0.0
     _pod_node: dict[str, str] = field(default_factory=dict)
     _pod_ready: dict[str, bool] = field(default_factory=dict)
     _live: dict[str, set[str]] = field(default_factory=dict)
     _ready_remaining: int = 0
+    _bound_interrupted: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _watches: list[Watch] = field(default_factory=list)
     _counting: bool = False
@@ -96,6 +99,7 @@ class Observer:
             self.started = when
             self._counting = True
             self.capacity.append((when, self._ready_remaining))
+            self.on_interrupted.append((when, self._bound_interrupted))
 
     def stop(self) -> None:
         for watch in self._watches:
@@ -132,14 +136,18 @@ class Observer:
                 self._pod_ready.pop(uid, None)
                 if old_node:
                     live = self._live.get(old_node)
-                    if live is not None:
+                    if live is not None and uid in live:
                         live.discard(uid)
+                        self._bound_changed(old_node, -1, stamp)
                         self._node_emptied(old_node, live, stamp)
                 now_ready = False
             else:
                 if node:
                     self._pod_node[uid] = node
-                    self._live.setdefault(node, set()).add(uid)
+                    live = self._live.setdefault(node, set())
+                    if uid not in live:
+                        live.add(uid)
+                        self._bound_changed(node, 1, stamp)
                 ready = _ready(pod)
                 self._pod_ready[uid] = ready
                 now_ready = ready and bool(node) and node not in self.interrupted
@@ -149,6 +157,13 @@ class Observer:
                     self.capacity.append((stamp, self._ready_remaining))
                     if self.capacity_restored is None and self._ready_remaining >= self.wanted_pods:
                         self.capacity_restored = stamp
+
+    def _bound_changed(self, node: str, delta: int, stamp: float) -> None:
+        if node not in self.interrupted:
+            return
+        self._bound_interrupted += delta
+        if self._counting:
+            self.on_interrupted.append((stamp, self._bound_interrupted))
 
     def _node_emptied(self, node: str, live: set[str], stamp: float) -> None:
         times = self.nodes.get(node)
@@ -209,5 +224,6 @@ class Observer:
                 "deployments": {name: vars(d).copy() for name, d in self.deployments.items()},
                 "capacity": list(self.capacity),
                 "capacity_restored": self.capacity_restored,
+                "on_interrupted": list(self.on_interrupted),
                 "watch_errors": sum(w.errors for w in self._watches),
             }

@@ -8,6 +8,7 @@ Every wait is bounded (the limits are the CLI's options).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import re
 import threading
@@ -16,51 +17,31 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import figures, procstat, profiling, report, spotq_signals, sqs_endpoint, world
+from bench import figures, nth_build, nth_phase, procstat, profiling, report, spotq_signals, sqs_endpoint, world
 from bench.audit import AuditLog
 from bench.console import say
 from bench.contenders import KUBECTL_WORKERS, EvictionCeiling, KubectlDrains, MarkCeiling
 from bench.figures import rounded
 from bench.observing import Observer
 from bench.sqs_endpoint import SqsEndpoint
+from bench.waiting import wait_for, wait_queue_empty
 from bench.world import Layout, Scale, Workload
 from testenv import LocalCluster
+from testenv.aws import MotoServer
 from testenv.spotq import SpotqProcess
 
 # The profile of a wave's first seconds (receiving and marking), s.
 FIRST = 6
 
 
-def wait_queue_empty(endpoint: SqsEndpoint, queue_url: str, timeout: float = 60.0) -> float | None:
-    client = endpoint.client()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        attrs = client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
-        if int(attrs["ApproximateNumberOfMessages"]) + int(attrs["ApproximateNumberOfMessagesNotVisible"]) == 0:
-            return time.time()
-        time.sleep(0.5)
-    return None
-
-
-def wait_for(what: str, done: Callable[[], bool], timeout: float, progress: Callable[[], str] | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    last = 0.0
-    while time.monotonic() < deadline:
-        if done():
-            return True
-        if progress is not None and time.monotonic() - last >= 10:
-            last = time.monotonic()
-            say(f"  {what}: {progress()}")
-        time.sleep(0.5)
-    say(f"  {what}: not reached within {timeout:.0f}s")
-    return False
-
-
 class ScaleRun:
     """One scale on its own fresh control plane: every phase in order (`run`), then `close`."""
 
-    def __init__(self, args: argparse.Namespace, scale: Scale, workdir: Path) -> None:
+    def __init__(
+        self, args: argparse.Namespace, scale: Scale, workdir: Path, nth: nth_build.Build | None = None
+    ) -> None:
         self.args = args
+        self.nth_build = nth  # started in the background at the beginning of the run; None: no NTH phases
         self.scale = scale
         self.workdir = workdir
         self.cluster: LocalCluster | None = None
@@ -68,6 +49,9 @@ class ScaleRun:
         self.kubeconfigs: dict[str, Path] = {}
         self.audit: AuditLog | None = None
         self.endpoint: SqsEndpoint | None = None
+        self.nth_moto: MotoServer | None = None  # EC2 for NTH's DescribeInstances, started for its first phase
+        self._nth_binary: Path | None = None
+        self._nth_checked = False
         self.result: dict[str, Any] = {"scale": scale.label, "nodes": scale.nodes, "pods_per_node": scale.pods_per_node}
 
     # -- set-up -------------------------------------------------------------------------------------------------
@@ -91,6 +75,8 @@ class ScaleRun:
         say(f"cluster set up in {time.monotonic() - started:.0f}s")
 
     def close(self) -> None:
+        if self.nth_moto is not None:
+            self.nth_moto.stop()
         if self.endpoint is not None:
             self.endpoint.stop()
         if self.cluster is not None:
@@ -123,9 +109,9 @@ class ScaleRun:
         settings = dict(item.split("=", 1) for item in self.args.spotq_setting)
         env = spotq_signals.spotq_env(endpoint, queue_url, self.kubeconfigs["spotq"]) | settings
         spotq = SpotqProcess(env, log_path=log_path).start()
-        observer = self._observer(nodes, world.SPOT_TAINT)
+        observer = self.observer(nodes, world.SPOT_TAINT)
         instance_of = {n.node_name: n.instance_id for n in layout.spot}
-        pids = self._pids() | {"spotq": spotq.process.pid if spotq.process else 0}
+        pids = self.pids() | {"spotq": spotq.process.pid if spotq.process else 0}
         sampler = procstat.Sampler(pids).start()
         before = spotq_signals.metric_samples(spotq) or {}
         api_before = cluster.apiserver_request_total()
@@ -194,6 +180,7 @@ class ScaleRun:
             )
         evicted = int(after.get('spotq_evictions_total{result="evicted"}', 0))
         found = figures.phase(rows, start, event_time, snap, sampler, "spotq")
+        found["deadline"] = self.deadline(rows, requests.evicted_at, event_time, snap, start)
         found.update(
             {
                 "queue_empty_seconds": rounded(queue_empty - start) if queue_empty else None,
@@ -218,7 +205,32 @@ class ScaleRun:
         )
         return found
 
-    def _pids(self) -> dict[str, int]:
+    def deadline(
+        self,
+        rows: list[dict[str, Any]],
+        evicted_at: dict[str, float],
+        event_time: float,
+        snap: dict[str, Any],
+        start: float,
+    ) -> dict[str, Any]:
+        """figures.deadline for a phase: the interrupted nodes' pods against event time + 120 s."""
+        pods = sum(int(r["pods"]) for r in rows)
+        return figures.deadline(evicted_at, pods, event_time, self.args.grace, snap["on_interrupted"], start)
+
+    def nth_binary(self) -> Path | None:
+        """NTH's binary once its background build is done; None (said once, with why) if it cannot run here."""
+        if self._nth_checked or self.nth_build is None:
+            return self._nth_binary
+        self._nth_checked = True
+        binary = self.nth_build.wait()
+        reason = nth_phase.why_not_run()
+        if binary is not None and reason is not None:
+            say(f"NTH skipped: {reason}")
+            binary = None
+        self._nth_binary = binary
+        return binary
+
+    def pids(self) -> dict[str, int]:
         assert self.cluster and self.endpoint
         return {
             "kube-apiserver": self.cluster.apiserver_pid,
@@ -229,7 +241,7 @@ class ScaleRun:
             "sqs": self.endpoint.pid,
         }
 
-    def _observer(self, nodes: list[str], taint: str | None) -> Observer:
+    def observer(self, nodes: list[str], taint: str | None) -> Observer:
         assert self.cluster and self.cluster.pki and self.layout
         pki = self.cluster.pki
         return Observer(
@@ -249,12 +261,12 @@ class ScaleRun:
     def run_kubectl(self) -> dict[str, Any]:
         assert self.cluster and self.layout and self.audit
         nodes = self.layout.spot_names
-        observer = self._observer(nodes, None)
+        observer = self.observer(nodes, None)
         drains = KubectlDrains(
             self.kubeconfigs["kubectl-drain"], self.workdir / "kubectl-cache", nodes, time_limit=self.args.kubectl_limit
         )
         drains.warm_up()
-        sampler = procstat.Sampler(self._pids()).start()
+        sampler = procstat.Sampler(self.pids()).start()
         self.audit.mark()
         start = time.time()
         observer.begin(start)
@@ -292,6 +304,7 @@ class ScaleRun:
             for name in nodes
         ]
         found = figures.phase(rows, start, math.floor(start), snap, sampler, "kubectl")
+        found["deadline"] = self.deadline(rows, requests.evicted_at, math.floor(start), snap, start)
         found["started_nodes"] = len(started)
         found["failed_drains"] = {n: e for n, e in list(drains.errors.items())[:10]}
         evicted = sum(r["pods"] for r in rows if r["drained"] is not None)
@@ -374,26 +387,47 @@ class ScaleRun:
 
     # -- the whole scale ----------------------------------------------------------------------------------------
 
+    def _phase(self, name: str, title: str, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """One measured phase, with the machine's load average just before it (figures.phase records after)."""
+        load = round(procstat.load_average(), 2)
+        say(f"phase {name}: {title} (load {load:.2f})")
+        found = run()
+        found["load_average_before"] = load
+        found.setdefault("load_average_after", round(procstat.load_average(), 2))
+        self.result[name] = found
+        if "marked" in found:
+            report.phase_line(name, found)
+        return found
+
     def run(self) -> dict[str, Any]:
         self.setup()
         assert self.layout
+        layout = self.layout
+        if self.nth_build is not None:
+            self.nth_binary()  # its build must not share the CPU with a measured phase
         self.endpoint = sqs_endpoint.open_endpoint(self.args.sqs, self.workdir)
         self.endpoint.start()
         self.sqs_ceiling()
         self.result["load_average_before"] = round(procstat.load_average(), 2)
-        self.layout.lay_out(say)
-        say(f"phase spotq: {self.scale.nodes} warnings at once (load {procstat.load_average():.2f})")
-        self.result["spotq"] = self.run_spotq(self.layout.spot_names, "spotq", profile=self.args.profile)
-        report.phase_line("spotq", self.result["spotq"])
+        layout.lay_out(say)
+        self._phase(
+            "spotq", f"{self.scale.nodes} warnings at once",
+            lambda: self.run_spotq(layout.spot_names, "spotq", profile=self.args.profile),
+        )  # fmt: skip
         if self.args.kubectl:
-            self.layout.lay_out(say)
-            say(f"phase kubectl: kubectl drain x{KUBECTL_WORKERS} (load {procstat.load_average():.2f})")
-            self.result["kubectl"] = self.run_kubectl()
-            report.phase_line("kubectl", self.result["kubectl"])
+            layout.lay_out(say)
+            self._phase("kubectl", f"kubectl drain x{KUBECTL_WORKERS}", self.run_kubectl)
+        for config in self.args.nth if self.nth_binary() is not None else []:
+            binary = self.nth_binary()
+            assert binary is not None
+            layout.lay_out(say)
+            self._phase(
+                f"nth-{config}", f"aws-node-termination-handler {nth_build.VERSION}-{nth_build.COMMIT}, {config}",
+                functools.partial(nth_phase.run_nth, self, binary, config),
+            )  # fmt: skip
         if self.args.ceiling:
-            self.layout.lay_out(say, max_unavailable="100%")
-            say(f"phase ceiling (load {procstat.load_average():.2f})")
-            self.result["ceiling"] = self.run_ceiling()
+            layout.lay_out(say, max_unavailable="100%")
+            self._phase("ceiling", "the API server's ceilings, then spotq's share", self.run_ceiling)
             share = self.result["ceiling"]["spotq_share"]
             say(f"  spotq evicted at {self.result['ceiling']['spotq']['eviction_rate_per_second']}/s = "
                 f"{share} of the ceiling")  # fmt: skip

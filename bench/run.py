@@ -6,6 +6,8 @@ For each scale (K nodes x P pods) on a fresh local control plane with kwok nodes
   spotq     K Spot warnings sent at once; per node enqueued → received → tainted+cordoned → drained,
             PDB lows, replacements Running, API requests (audit log), CPU, RSS, a py-spy profile
   kubectl   the same layout drained by `kubectl drain` ten at a time with NTH's flags
+  nth-*     aws-node-termination-handler itself (built from ../shared/peers into the tools cache), queue mode,
+            its defaults (+ TAINT_NODE) and tuned (50 workers, QPS 100 / burst 200), on the same layout and queue
   ceiling   PDBs relaxed; a minimal eviction client evicts half the nodes' pods as fast as the API server
             takes them, then spotq drains the other half: spotq's share of the ceiling
 and once per run: spotq's RSS with 5000 nodes in its index.
@@ -24,7 +26,7 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import figures, phases, procstat, report
+from bench import figures, nth, nth_build, phases, procstat, report
 from bench.console import say
 from bench.world import Scale
 
@@ -47,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-unavailable", default="20%", help="each PDB's maxUnavailable")
     parser.add_argument("--no-kubectl", dest="kubectl", action="store_false")
     parser.add_argument("--kubectl-limit", type=float, default=900.0, help="start no kubectl drain after this, s")
+    parser.add_argument(
+        "--nth", action="append", choices=sorted(nth.CONFIGS),
+        help="aws-node-termination-handler configurations to run (repeatable; default: tuned and defaults)",
+    )  # fmt: skip
+    parser.add_argument("--no-nth", dest="no_nth", action="store_true", help="run no aws-node-termination-handler")
+    parser.add_argument("--nth-limit", type=float, default=600.0, help="longest wait for one NTH phase, s")
     parser.add_argument("--no-ceiling", dest="ceiling", action="store_false")
     parser.add_argument("--ceiling-lanes", type=int, default=4, help="ceiling client: evictions in flight per PDB")
     parser.add_argument(
@@ -61,29 +69,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase-timeout", type=float, default=300.0, help="longest wait for one spotq phase, s")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, audit log)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--note", default="", help="a line printed with each scale's figures (e.g. a noisy machine)")
     args = parser.parse_args(argv)
+    args.nth = [] if args.no_nth else (args.nth or ["tuned", "defaults"])
     # A SIGTERM (timeout, CI) must still stop the cluster and ElasticMQ: let it unwind like Ctrl-C.
     signal.signal(signal.SIGTERM, _interrupt)
     scales = [Scale.parse(s) for s in (PRESETS if args.all else (args.scale or ["50x10"]))]
     host = procstat.machine()
     say(f"machine: {host['nproc']} cores, {host['cpu_model']}, load {procstat.load_average():.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
+    # Built once into the tools cache (5-7 min cold), in the background while the first cluster comes up.
+    build = nth_build.Build(say).start() if args.nth else None
     workroot = Path(tempfile.mkdtemp(prefix="spotq-bench-"))
     try:
         for scale in scales:
             say(f"=== scale {scale.label} ===")
-            run = phases.ScaleRun(args, scale, workroot / scale.label)
+            run = phases.ScaleRun(args, scale, workroot / scale.label, build)
             try:
                 result = run.run()
             finally:
                 run.close()
             figures.ratio_vs_kubectl(result)
             result["machine"] = host
+            if args.note:
+                result["note"] = args.note
             result["finished_at"] = datetime.now(UTC).isoformat()
             report.write_scale(result, args.out)
         index = phases.index_rss(args, workroot) if args.index_nodes else None
         print("\n" + report.write_summary(args.out, index, host))
     finally:
+        if build is not None:
+            build.stop()
         if not args.keep:
             shutil.rmtree(workroot, ignore_errors=True)
         else:

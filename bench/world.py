@@ -27,12 +27,15 @@ IDENTITY_NAMESPACE = "spotq-system"
 TAINT_PREFIX = "spotq.io"
 SPOT_TAINT = f"{TAINT_PREFIX}/spot-interruption"
 LB_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+# Whose marks a phase may leave on a node (spotq's, aws-node-termination-handler's); the next layout removes them.
+MARK_PREFIXES = (TAINT_PREFIX, "aws-node-termination-handler")
 
 # Who sends requests; the audit policy records exactly these users, so each one's cost is counted on its own.
 IDENTITIES = {
     "spotq": None,  # bound to a copy of the Helm chart's ClusterRole below
     "kubectl-drain": "cluster-admin",
     "evict-ceiling": "cluster-admin",
+    "nth": "nth-bench",  # bound to a copy of aws-node-termination-handler's chart ClusterRole below
 }
 
 # The Helm chart's rules (helm/spotq/templates/rbac.yaml), so the benchmark also proves they suffice.
@@ -44,6 +47,19 @@ SPOTQ_RULES = [
     # New with the PDB-aware eviction admission (spotq/budgets.py); the chart needs the same rule.
     {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["list", "watch"]},
 ]
+
+
+# aws-node-termination-handler's chart ClusterRole (config/helm/aws-node-termination-handler/templates/
+# clusterrole.yaml in the peers archive), with its default emitKubernetesEvents=false.
+NTH_RULES = [
+    {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "patch", "update"]},
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "get"]},
+    {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]},
+    {"apiGroups": ["extensions"], "resources": ["daemonsets"], "verbs": ["get"]},
+    {"apiGroups": ["apps"], "resources": ["daemonsets"], "verbs": ["get"]},
+]
+
+ROLES = {"spotq-bench": SPOTQ_RULES, "nth-bench": NTH_RULES}
 
 
 def user(identity: str) -> str:
@@ -138,16 +154,13 @@ def start_cluster(workdir: Path) -> LocalCluster:
 
 
 def create_identities(cluster: LocalCluster) -> dict[str, Path]:
-    """ServiceAccounts (token kubeconfigs) for spotq, kubectl drain and the eviction-ceiling client."""
+    """ServiceAccounts (token kubeconfigs) for spotq, kubectl drain, the eviction-ceiling client and NTH."""
     client = cluster.client
     cluster.create_namespace(IDENTITY_NAMESPACE)
-    role = {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "ClusterRole",
-        "metadata": {"name": "spotq-bench"},
-        "rules": SPOTQ_RULES,
-    }
-    client.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", role, exist_ok=True)
+    for name, rules in ROLES.items():
+        role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": name},
+                "rules": rules}  # fmt: skip
+        client.create("/apis/rbac.authorization.k8s.io/v1/clusterroles", role, exist_ok=True)
     kubeconfigs = {}
     for identity, cluster_role in IDENTITIES.items():
         cluster.create_service_account(IDENTITY_NAMESPACE, identity)
@@ -249,16 +262,17 @@ class Layout:
         raise TimeoutError(f"workload pods in {NAMESPACE} still there after 300 s")
 
     def _clean_spot_nodes(self) -> None:
-        """Remove every mark a previous phase left: taints, cordon, spotq's label and annotations."""
+        """Remove every mark a previous phase left: taints, cordon, spotq's and NTH's labels and annotations."""
         client = self.cluster.client
 
         def clean(name: str) -> None:
             node = client.get(f"/api/v1/nodes/{name}")
             meta, spec = node["metadata"], node.get("spec") or {}
-            taints = [t for t in spec.get("taints") or [] if not t["key"].startswith(TAINT_PREFIX)]
-            annotations = {k: None for k in meta.get("annotations") or {} if k.startswith(TAINT_PREFIX)}
+            taints = [t for t in spec.get("taints") or [] if not t["key"].startswith(MARK_PREFIXES)]
+            annotations = {k: None for k in meta.get("annotations") or {} if k.startswith(MARK_PREFIXES)}
+            labels = {k: None for k in meta.get("labels") or {} if k.startswith(MARK_PREFIXES)} | {LB_LABEL: None}
             patch: dict[str, Any] = {
-                "metadata": {"labels": {LB_LABEL: None}, "annotations": annotations},
+                "metadata": {"labels": labels, "annotations": annotations},
                 "spec": {"unschedulable": None, "taints": taints or None},
             }
             client.patch(f"/api/v1/nodes/{name}", patch)

@@ -14,9 +14,10 @@ import signal
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
-from spotq import acting, handling, planning, resuming, selectors
+from spotq import acting, expiring, handling, planning, resuming, selectors
 from spotq.budgets import Budgets
 from spotq.draining import DrainOptions
 from spotq.kube.client import KubeClient
@@ -26,7 +27,7 @@ from spotq.kube.nodes import NodeIndex
 from spotq.kube.pdbs import watch_budgets
 from spotq.kube.pods import PodClient
 from spotq.observability import probes
-from spotq.ports import LifecycleApi
+from spotq.ports import EventSink, LifecycleApi, NodeWriter
 from spotq.resolving import Resolve
 from spotq.settings import Settings
 from spotq.slots import DeadlineSlots
@@ -61,6 +62,9 @@ class Core:
     policy: planning.Policy
     budgets: Budgets = field(default_factory=Budgets)
     """Fed by `kube.pdbs.watch_budgets(kube, budgets)`; until that runs, evictions retry PDB refusals on a timer."""
+    writer: NodeWriter | None = None
+    events: EventSink | None = None
+    """The actor's node writer and event sink, for the background work beside it (expiring)."""
 
     def handler(self, resolver: Resolve) -> handling.Handler:
         """The one handler, resolving instances the source's way."""
@@ -103,10 +107,11 @@ async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: Lifecy
     stack.push_async_callback(kube.close)
     index = NodeIndex(selector, settings.kube.taint_prefix)
     budgets = Budgets()
+    writer, events = NodeMarker(kube, settings.kube.taint_prefix), EventRecorder(kube)
     actor = acting.Actor(
-        writer=NodeMarker(kube, settings.kube.taint_prefix),
+        writer=writer,
         pods=PodClient(kube),
-        events=EventRecorder(kube),
+        events=events,
         lifecycle=lifecycle,
         index=index,
         config=acting.ActorConfig(
@@ -118,7 +123,8 @@ async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: Lifecy
         evictions=asyncio.Semaphore(settings.drain.max_concurrent_evictions),
         budgets=budgets,
     )
-    return Core(settings, kube, index, actor, planning.Policy.from_settings(settings), budgets)
+    policy = planning.Policy.from_settings(settings)
+    return Core(settings, kube, index, actor, policy, budgets, writer=writer, events=events)
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -161,6 +167,11 @@ async def run(
                 work.append(watch_budgets(core.kube, core.budgets))
             if not settings.policy.dry_run:
                 work.append(resuming.resume_unfinished(core.index, core.actor))
+            expiry = settings.policy.rebalance_expiry_seconds
+            if expiry > 0 and not settings.policy.dry_run and core.writer and core.events:
+                work.append(
+                    expiring.expire_recommendations(core.index, core.writer, core.events, timedelta(seconds=expiry))
+                )
             background = [group.create_task(coroutine) for coroutine in work]
             await source.run(stop)
             for task in background:

@@ -233,8 +233,8 @@ class Watcher:
                 entry = _Handled(notice, clock.instant())
                 self._handled[key] = entry
                 metrics.IMDS_NOTICES.labels(kind=notice.kind.value).inc()
-                log.info(
-                    "notice received",
+                log.debug(
+                    "imds notice found",  # the handler logs "notice received" with the same fields
                     extra={
                         "kind": notice.kind.value,
                         "notice_id": notice.event_id,
@@ -252,7 +252,14 @@ class Watcher:
     async def _handle(self, key: str, entry: _Handled) -> None:
         """Act on one notice; a bug in spotq's own code is logged and the notice kept for the next poll, as queue
         mode keeps the message: the pod stays up for the notices still to come."""
-        context = log.bind(kind=entry.notice.kind.value, notice_id=entry.notice.event_id, node=self._node_name)
+        notice = entry.notice
+        context = log.bind(
+            kind=notice.kind.value,
+            notice_id=notice.event_id,
+            node=self._node_name,
+            instance=self._instance_id,
+            deadline=notice.deadline.isoformat() if notice.deadline else None,
+        )
         try:
             await self._handle_once(entry, context)
         except Exception:

@@ -110,6 +110,12 @@ class PolicySettings(_Group):
     )
     scheduled_change: ActionLevel = Field(ActionLevel.DRAIN, description="AWS Health EC2 scheduled change.")
     lifecycle_terminate: ActionLevel = Field(ActionLevel.DRAIN, description="Auto Scaling terminate hook.")
+    rebalance_expiry_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="Release a rebalance recommendation's marks (taint, or cordon at that level) this long after it "
+        "when no other notice followed for the node, s; 0: keep them.",
+    )
     complete_lifecycle_launch: bool = Field(
         False, description="Complete launch hooks (CONTINUE) once the new node is Ready."
     )

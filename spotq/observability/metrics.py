@@ -73,6 +73,13 @@ WATCH_RESTARTS = Counter(
     ["resource", "reason"],
     registry=REGISTRY,
 )
+MARKS_EXPIRED = Counter(
+    "spotq_marks_expired",
+    "Rebalance recommendations whose marks were released because no interruption followed, by result "
+    "(released, failed).",
+    ["result"],
+    registry=REGISTRY,
+)
 DRAINS_RESUMED = Counter(
     "spotq_drains_resumed",
     "Drains resumed at start from the nodes' own records (a stopped spotq left them unfinished).",

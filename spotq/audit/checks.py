@@ -160,12 +160,35 @@ def spot_single_zone(cluster: Cluster, limits: Limits) -> list[Finding]:
 # -- disruption budgets -----------------------------------------------------------------------------------------
 
 
-def _covering(budgets: Sequence[Budget], workload: Workload, pods: Sequence[Pod]) -> list[Budget]:
-    return [
-        budget
-        for budget in budgets
-        if budget.namespace == workload.namespace and any(selector_matches(budget.selector, pod.labels) for pod in pods)
-    ]
+class _BudgetIndex:
+    """Which budgets select a pod, without trying every budget of the namespace on every pod: a budget with
+    matchLabels is filed under one of its pairs, and only pods carrying that pair are tried against it."""
+
+    def __init__(self, budgets: Iterable[Budget]) -> None:
+        self._by_pair: dict[tuple[str, str, str], list[Budget]] = {}
+        self._scan: dict[str, list[Budget]] = {}  # matchExpressions only, or {} (every pod of the namespace)
+        for budget in budgets:
+            if budget.selector is None:
+                continue  # policy/v1: selects no pods
+            pairs = sorted((budget.selector.get("matchLabels") or {}).items())
+            if pairs:
+                key, value = pairs[0]
+                self._by_pair.setdefault((budget.namespace, key, value), []).append(budget)
+            else:
+                self._scan.setdefault(budget.namespace, []).append(budget)
+
+    def of_pod(self, pod: Pod) -> list[Budget]:
+        candidates = list(self._scan.get(pod.namespace, ()))
+        for key, value in pod.labels.items():
+            candidates.extend(self._by_pair.get((pod.namespace, key, value), ()))
+        return [budget for budget in candidates if selector_matches(budget.selector, pod.labels)]
+
+    def of_pods(self, pods: Iterable[Pod]) -> list[Budget]:
+        found: dict[tuple[str, str], Budget] = {}
+        for pod in pods:
+            for budget in self.of_pod(pod):
+                found.setdefault((budget.namespace, budget.name), budget)
+        return list(found.values())
 
 
 def _scaled(value: int | str, total: int) -> int:
@@ -188,9 +211,10 @@ def _why_no_disruption(budget: Budget, replicas: int) -> str | None:
 
 def missing_budget(cluster: Cluster, limits: Limits) -> list[Finding]:
     """No PodDisruptionBudget: a drain may evict every replica at once."""
+    index = _BudgetIndex(cluster.budgets)
     findings = []
     for workload, pods in _exposed_workloads(cluster):
-        if not _covering(cluster.budgets, workload, pods):
+        if not index.of_pods(pods):
             findings.append(
                 _finding(
                     "no-pdb",
@@ -213,9 +237,10 @@ def blocking_budget(cluster: Cluster, limits: Limits) -> list[Finding]:
         )
     else:
         severity, outcome = Severity.HIGH, "its pods on an interrupted node stop only when the node does"
+    index = _BudgetIndex(cluster.budgets)
     findings = []
     for workload, pods in _exposed_workloads(cluster):
-        for budget in _covering(cluster.budgets, workload, pods):
+        for budget in index.of_pods(pods):
             reason = _why_no_disruption(budget, workload.replicas)
             if reason is not None:
                 detail = f"PodDisruptionBudget {budget.name} allows no eviction ({reason}): {outcome}"
@@ -225,10 +250,11 @@ def blocking_budget(cluster: Cluster, limits: Limits) -> list[Finding]:
 
 def overlapping_budgets(cluster: Cluster, limits: Limits) -> list[Finding]:
     """A pod under more than one budget: the Eviction API refuses it outright (500), whatever the budgets allow."""
+    index = _BudgetIndex(cluster.budgets)
     findings = []
     for workload, pods in _exposed_workloads(cluster):
         for pod in pods:
-            names = sorted(b.name for b in _covering(cluster.budgets, workload, [pod]))
+            names = sorted(budget.name for budget in index.of_pod(pod))
             if len(names) > 1:
                 findings.append(
                     _finding(

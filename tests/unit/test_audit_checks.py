@@ -103,6 +103,16 @@ def test_a_budget_in_another_namespace_does_not_cover() -> None:
     ]
 
 
+def test_budget_selectors_by_labels_and_by_expressions() -> None:
+    web = deployment(2, SPOT_A, SPOT_B)
+    by_expression = Budget("ns", "expr", {"matchExpressions": [{"key": "app", "operator": "In", "values": ["web"]}]})
+    assert checks.missing_budget(cluster(web, budgets=[by_expression]), Limits()) == []
+    needs_two_labels = Budget("ns", "two", {"matchLabels": {"app": "web", "tier": "front"}})
+    selects_nothing = Budget("ns", "none", None)
+    for pdb in (needs_two_labels, selects_nothing):
+        assert ids(checks.missing_budget(cluster(web, budgets=[pdb]), Limits())) == [("no-pdb", "Deployment", "web")]
+
+
 def test_workloads_without_pods_on_spot_are_not_audited() -> None:
     assert checks.missing_budget(cluster(deployment(2, ON_DEMAND, ON_DEMAND), budgets=[]), Limits()) == []
 

@@ -50,6 +50,9 @@ class DrainOptions:
     # A pod the scheduler bound just before the taint landed shows up on the watch a moment after the first look:
     # the drain is not complete before this long after its start (as Karpenter does), nor after the deadline.
     settle_seconds: float = 5.0
+    # System-critical pods go last (kubelet graceful shutdown, Karpenter): once every ordinary pod has gone, or this
+    # long before the deadline, whichever is first.
+    critical_reserve_seconds: float = 20.0
 
     @property
     def retry_backoff(self) -> Backoff:
@@ -261,6 +264,8 @@ class _Drain:
         self.working: set[str] = set()  # UIDs whose eviction or wait has not ended
         self.removals: list[asyncio.Task[None]] = []
         self.arrived = asyncio.Event()
+        self.ordinary: set[str] = set()  # UIDs of ordinary (not system-critical) pods whose removal has not ended
+        self.critical_turn = asyncio.Event()  # set once the ordinary pods have gone: the critical tier may go
         self.group: asyncio.TaskGroup | None = None
         self.watcher: _Watcher | None = None
 
@@ -323,13 +328,38 @@ class _Drain:
             self.watcher.gone(pod.uid)  # registered before any event about it can come
             self.pending[pod.uid] = (pod.key, "eviction not yet accepted")
             self.working.add(pod.uid)
+            if not pod.critical:
+                self.ordinary.add(pod.uid)
             self.removals.append(self.group.create_task(self._remove(pod, wait_only=pod in selection.wait_only)))
+        self._open_critical_tier()
+
+    def _open_critical_tier(self) -> None:
+        if not self.ordinary and not self.critical_turn.is_set():
+            self.critical_turn.set()
+
+    async def _wait_for_critical_turn(self, pod: Pod) -> None:
+        """A system-critical pod waits until the ordinary pods have gone, or the reserve before the deadline."""
+        if self.critical_turn.is_set():
+            return
+        self._note(pod, "system-critical: waits for the other pods to leave first")
+        with contextlib.suppress(TimeoutError):
+            async with self.due.timeout(before=self.options.critical_reserve_seconds):
+                await self.critical_turn.wait()
 
     def _note(self, pod: Pod, why: str) -> None:
         self.pending[pod.uid] = (pod.key, why)
 
     async def _remove(self, pod: Pod, wait_only: bool) -> None:
+        try:
+            await self._remove_once(pod, wait_only)
+        finally:
+            self.ordinary.discard(pod.uid)
+            self._open_critical_tier()
+
+    async def _remove_once(self, pod: Pod, wait_only: bool) -> None:
         assert self.watcher is not None
+        if pod.critical and not wait_only:
+            await self._wait_for_critical_turn(pod)
         result = "waiting" if wait_only else await self._evict(pod)
         if result == "refused":
             self.working.discard(pod.uid)

@@ -31,6 +31,19 @@ def pod_from(obj: JSON) -> Pod:
         uses_emptydir=any("emptyDir" in volume for volume in spec.get("volumes") or []),
         terminating=meta.get("deletionTimestamp") is not None,
         labels=tuple(sorted((meta.get("labels") or {}).items())),
+        critical=_critical(spec),
+    )
+
+
+# The built-in system priority classes (2000000000 and 2000001000); no user class may reach that priority.
+_SYSTEM_CRITICAL = frozenset({"system-cluster-critical", "system-node-critical"})
+_SYSTEM_PRIORITY = 2_000_000_000
+
+
+def _critical(spec: JSON) -> bool:
+    priority = spec.get("priority")
+    return spec.get("priorityClassName") in _SYSTEM_CRITICAL or (
+        isinstance(priority, int) and priority >= _SYSTEM_PRIORITY
     )
 
 

@@ -4,6 +4,7 @@ clamping, pods that arrive during the drain, force-deleting before the deadline.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -308,3 +309,37 @@ async def test_a_pod_still_waiting_for_its_budget_at_the_deadline_names_the_budg
     assert report.timed_out
     assert report.blocked == {"ns/web-0": "waiting for PodDisruptionBudget ns/web to allow a disruption"}
     assert report.forced == {}
+
+
+async def test_system_critical_pods_are_evicted_after_the_ordinary_ones_have_gone() -> None:
+    pods = FakePods(delete_delay_seconds=0.2)
+    pods.add("n1", "dns", critical=True)
+    for i in range(3):
+        pods.add("n1", f"web-{i}")
+    report = await run(pods, options=dataclasses.replace(FAST, critical_reserve_seconds=1.0))
+    assert report.complete
+    evictions = [name for verb, name, _ in pods.calls if verb == "evict"]
+    assert evictions[-1] == "dns" and sorted(evictions[:3]) == ["web-0", "web-1", "web-2"]
+    web_gone = max(pods.call_times[:3]) + 0.2
+    assert pods.call_times[3] >= web_gone - 0.01  # not evicted before the ordinary pods were gone
+
+
+async def test_system_critical_pods_go_at_the_reserve_while_an_ordinary_pod_is_still_blocked() -> None:
+    pods = FakePods(budgets={"db": 0})
+    pods.add("n1", "db-0", group="db")  # its budget never allows: it holds the ordinary tier until the deadline
+    pods.add("n1", "dns", critical=True)
+    options = DrainOptions(retry_initial_seconds=0.02, retry_max_seconds=0.1, settle_seconds=0.0,
+                           critical_reserve_seconds=0.3)  # fmt: skip
+    started = asyncio.get_running_loop().time()
+    report = await run(pods, seconds=0.6, options=options)
+    dns_at = pods.call_times[[name for verb, name, _ in pods.calls if verb == "evict"].index("dns")]
+    assert 0.25 <= dns_at - started < 0.45  # 0.3 s before the 0.6 s deadline
+    assert "ns/dns" in report.evicted and "ns/db-0" in report.blocked
+
+
+async def test_a_critical_pod_alone_goes_at_once() -> None:
+    pods = FakePods()
+    pods.add("n1", "dns", critical=True)
+    started = asyncio.get_running_loop().time()
+    report = await run(pods)
+    assert report.complete and pods.call_times[0] - started < 0.05

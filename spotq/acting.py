@@ -1,22 +1,28 @@
-"""Run a plan's steps for one node: announce, mark (one idempotent PATCH), drain once, complete the hook."""
+"""Run a plan's steps for one node: announce, mark (one idempotent PATCH), drain once, complete the hook.
+
+One drain per node: in this process, a second notice joins the running drain; across queue-mode replicas (with
+`replicas`), the drain is claimed on the node (owning.py) and a replica whose notice finds another live replica
+draining the node waits for that drain's end, or takes it over when that replica's Lease expires.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from spotq import clock, draining, plans, records
+from spotq import clock, draining, owning, plans, records
 from spotq.budgets import Budgets
 from spotq.draining import DrainDeadline, DrainOptions, DrainReport
 from spotq.errors import PermanentError, TransientError
 from spotq.notices import LifecycleHook, Notice
 from spotq.observability import logs, metrics
 from spotq.ports import (
+    DrainRecord,
     DrainState,
     EventSink,
     LifecycleApi,
@@ -26,6 +32,7 @@ from spotq.ports import (
     NodeWriter,
     NoticeRecord,
     PodApi,
+    Replicas,
 )
 from spotq.slots import DeadlineSlots
 
@@ -35,6 +42,9 @@ MARKS_FIRST_SECONDS = 5.0
 # Two Events a node, the notice and the drain's end (not three: in a wave of hundreds each one is an API request);
 # the end names a wait for a drain slot (drain.max_concurrent_nodes) from this long on.
 SLOT_WAIT_REPORT_SECONDS = 1.0
+# A replica waiting for another's drain stops waiting this long after its own notice's deadline: the drainer has had
+# that long to record the drain's end, and the waiting message is then done (a drain past its deadline is over).
+OWNER_RECORD_GRACE_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class Actor:
         drain_slots: DeadlineSlots,
         evictions: asyncio.Semaphore,
         budgets: Budgets | None = None,
+        replicas: Replicas | None = None,
     ) -> None:
         self._writer = writer
         self._pods = pods
@@ -67,7 +78,12 @@ class Actor:
         self._drain_slots = drain_slots
         self._evictions = evictions
         self._budgets = budgets
-        self._drains: dict[str, tuple[asyncio.Future[DrainReport], DrainDeadline]] = {}
+        self._replicas = replicas
+        # A node's drain handled by this process (run here, or awaited from another replica): node name → result.
+        self._drains: dict[str, tuple[asyncio.Future[DrainReport | None], DrainDeadline, bool]] = {}
+        # Drains this replica claimed and that stopped without an end on record (an error, its Lease lost): node
+        # names, for resuming.take_over to start again, since the other replicas wait on a live claim.
+        self._abandoned: set[str] = set()
         # What this process did, for the moments before the index shows spotq's own writes (node UID → ...).
         self._drained: OrderedDict[str, None] = OrderedDict()
         self._announced: OrderedDict[tuple[str, str, str], None] = OrderedDict()
@@ -86,12 +102,13 @@ class Actor:
             await self._release(node, notice, log)
         if node is not None:
             marks = self._marks(plan, notice)
+            record: DrainRecord | None = None
             if marks is not None:
                 # Marks first: every request ahead of the taint is time the scheduler can still place pods here.
                 self._marking += 1
                 self._marked.clear()
                 try:
-                    changed = await self._writer.mark(node, marks)
+                    changed, record = await self._writer.mark(node, marks)
                 finally:
                     self._marking -= 1
                     if self._marking == 0:
@@ -107,7 +124,7 @@ class Actor:
                         # A redelivery, or another notice for a drained node: nothing is left to drain.
                         log.info("node already drained")
                     else:
-                        report = await self._drain_once(node, plan, hook, log)
+                        report = await self._drain_once(node, plan, hook, log, record=record)
         if isinstance(complete, plans.CompleteLifecycle) and self._lifecycle is not None:
             if complete.when_node_ready:
                 await self._wait_ready(node, plan)
@@ -116,10 +133,19 @@ class Actor:
             log.info("lifecycle action completed", extra={"hook": complete.hook.hook_name})
         return report
 
-    async def resume(self, node: NodeRef, deadline: datetime, log: logs.Context) -> DrainReport:
-        """Run again a drain that a stopped spotq left unfinished (the node's record says so); the notices'
-        messages, when SQS hands them back, join it. The node already carries its marks."""
-        return await self._drain_once(node, plans.Plan((plans.Drain(),), deadline), None, log)
+    async def resume(self, node: NodeRef, deadline: datetime, log: logs.Context) -> DrainReport | None:
+        """Run again a drain that a stopped spotq (or a gone replica) left unfinished (the node's record says so);
+        the notices' messages, when SQS hands them back, join it. The node already carries its marks. None: another
+        live replica drains the node, or its drain ended meanwhile."""
+        return await self._drain_once(node, plans.Plan((plans.Drain(),), deadline), None, log, wait=False)
+
+    def handling(self, name: str) -> bool:
+        """This process drains the node now, or waits for another replica's drain of it."""
+        return name in self._drains
+
+    def abandoned(self, name: str) -> bool:
+        """A drain of the node claimed by this replica stopped without recording its end."""
+        return name in self._abandoned
 
     async def _release(self, node: NodeRef, notice: Notice, log: logs.Context) -> None:
         if node.name in self._drains:
@@ -157,25 +183,49 @@ class Actor:
             exclude_from_load_balancers=plan.find(plans.ExcludeFromLoadBalancers) is not None,
             record=NoticeRecord(notice.kind, notice.event_id, deadline=plan.deadline, noticed_at=clock.now()),
             drain_started=plan.drains,
+            # The mark that records a drain's start claims it for this replica: no request of its own.
+            drainer=self._replicas.identity if self._replicas is not None and plan.drains else None,
         )
 
     async def _drain_once(
-        self, node: NodeRef, plan: plans.Plan, hook: LifecycleHook | None, log: logs.Context
-    ) -> DrainReport:
+        self,
+        node: NodeRef,
+        plan: plans.Plan,
+        hook: LifecycleHook | None,
+        log: logs.Context,
+        *,
+        record: DrainRecord | None = None,
+        wait: bool = True,
+    ) -> DrainReport | None:
         """One drain per node: a second notice for a node being drained waits for the running drain, bringing its
-        deadline forward if its own is earlier (a state change after a Spot warning)."""
+        deadline forward if its own is earlier (a state change after a Spot warning). With replicas, the drain runs
+        here only once it is this replica's (see _own); None: another replica's drain of the node ended."""
         deadline = clock.loop_deadline(plan.deadline)
         running = self._drains.get(node.name)
         if running is not None:
-            joined, due = running
+            joined, due, waits = running
             moved = due.move_earlier(deadline)
             log.info("drain already running, joining it", extra={"deadline_moved_earlier": moved})
-            return await asyncio.shield(joined)
-        future: asyncio.Future[DrainReport] = asyncio.get_running_loop().create_future()
+            result = await asyncio.shield(joined)
+            if result is None and wait and not waits:
+                # It found another replica draining the node and did not wait: this notice does.
+                return await self._drain_once(node, plan, hook, log, wait=True)
+            return result
+        future: asyncio.Future[DrainReport | None] = asyncio.get_running_loop().create_future()
         due = DrainDeadline(deadline)
-        self._drains[node.name] = (future, due)
+        self._drains[node.name] = (future, due, wait)
+        report: DrainReport | None = None
         try:
-            report = await self._drain(node, due, hook, log)
+            if self._replicas is None or await self._own(
+                self._replicas, node, record or DrainRecord.of(node), due, hook, log, wait=wait
+            ):
+                self._abandoned.discard(node.name)
+                try:
+                    report = await self._drain(node, due, hook, log)
+                except BaseException:
+                    if self._replicas is not None:
+                        self._abandoned.add(node.name)
+                    raise
         except BaseException as exc:
             future.set_exception(exc if isinstance(exc, Exception) else TransientError("drain cancelled"))
             future.exception()  # retrieved: joiners re-raise it, nobody else must
@@ -184,6 +234,110 @@ class Actor:
             del self._drains[node.name]
         future.set_result(report)
         return report
+
+    async def _own(
+        self,
+        replicas: Replicas,
+        node: NodeRef,
+        record: DrainRecord,
+        due: DrainDeadline,
+        hook: LifecycleHook | None,
+        log: logs.Context,
+        *,
+        wait: bool,
+    ) -> bool:
+        """True once the node's drain is this replica's to run: on record as its own, or claimed now (nobody live
+        drains it). While another live replica drains it, wait (`wait`; else False at once) until that drain's
+        end is on record (False: this notice shares its fate), or that replica's Lease expires (claim, then True).
+        """
+        loop = asyncio.get_running_loop()
+        me = replicas.identity
+
+        def alive(holder: str) -> bool:
+            return owning.live(replicas.expires_at(holder), loop.time())
+
+        waiting = False
+        while True:
+            step = owning.step(record, me, alive, waiting=waiting)
+            if step is owning.Step.DRAIN:
+                return True
+            if step is owning.Step.ENDED:
+                log.info("drain by another replica ended", extra={"drainer": record.drainer, "drain": record.state})
+                return False
+            if step is owning.Step.CLAIM:
+                if not replicas.holding():
+                    raise TransientError("this replica's Lease is not being renewed: it claims no drain")
+                gone = record.drainer if record.state == owning.DRAIN_STARTED else None
+
+                def may_claim(current: DrainRecord, waited: bool = waiting) -> bool:
+                    return owning.step(current, me, alive, waiting=waited) is owning.Step.CLAIM
+
+                record = await self._writer.claim_drain(self._index.by_name(node.name) or node, me, may_claim)
+                if record.drainer == me and record.state == owning.DRAIN_STARTED:
+                    if gone is not None:
+                        log.info("drain taken over from a gone replica", extra={"from": gone})
+                    return True
+                continue  # another replica claimed it first: decide again on what the node now says
+            if not wait:
+                return False
+            if not waiting:
+                log.info("another replica drains the node: waiting for it", extra={"drainer": record.drainer})
+            waiting = True
+            async with _beside() as group:
+                beats = group.create_task(self._heartbeats(hook, log)) if hook else None
+                found = await self._await_owner(replicas, node.name, record, due)
+                if beats is not None:
+                    beats.cancel()
+            if found is None:
+                log.warning("gave up waiting for another replica's drain: the deadline passed")
+                return False
+            record = found
+
+    async def _await_owner(
+        self, replicas: Replicas, name: str, record: DrainRecord, due: DrainDeadline
+    ) -> DrainRecord | None:
+        """Wait until the node's record says something new about the drain `record.drainer` runs (owning.news), or
+        that replica's Lease expires (then `record` again: it is now a gone replica's). None: our own deadline
+        passed, with OWNER_RECORD_GRACE_SECONDS for the drainer to record its end."""
+        owner = record.drainer or ""
+        loop = asyncio.get_running_loop()
+
+        def current() -> DrainRecord:
+            found = self._index.by_name(name)
+            return DrainRecord.of(found) if found is not None else DrainRecord()
+
+        def news() -> bool:
+            return owning.news(current(), owner)
+
+        while True:
+            now = loop.time()
+            give_up = due.at + OWNER_RECORD_GRACE_SECONDS
+            if news():
+                return current()
+            expires = replicas.expires_at(owner)
+            if expires is not None and expires <= now:
+                return record
+            if now >= give_up:
+                return None
+            # Renewals wake nobody: at the expiry seen now, look again (renewed meanwhile: wait on).
+            until = give_up if expires is None else min(give_up, expires)
+            await _first_of(self._index.wait_for(news), replicas.changed(), until=until)
+
+    async def _fence(self, replicas: Replicas, name: str) -> None:
+        """Raise once this replica may no longer drain the node: its own Lease may look expired to the others, or
+        the node's record names another drainer (it took the drain over). The drain stops; its message is retried
+        and finds out who drains the node now."""
+        me = replicas.identity
+
+        def taken() -> bool:
+            found = self._index.by_name(name)
+            return found is not None and found.drainer not in (None, me)
+
+        await _first_of(replicas.lost(), self._index.wait_for(taken), until=None)
+        raise TransientError(
+            "stopped draining: "
+            + ("another replica took the drain over" if taken() else "this replica's Lease was not renewed in time")
+        )
 
     async def _drain(
         self, node: NodeRef, deadline: DrainDeadline, hook: LifecycleHook | None, log: logs.Context
@@ -197,11 +351,13 @@ class Actor:
             try:
                 async with _beside() as group:
                     beats = group.create_task(self._heartbeats(hook, log)) if hook else None
+                    fence = group.create_task(self._fence(self._replicas, node.name)) if self._replicas else None
                     report = await draining.drain(
                         node.name, deadline, self._pods, self._config.drain, self._evictions, self._budgets
                     )
-                    if beats is not None:
-                        beats.cancel()
+                    for side in (beats, fence):
+                        if side is not None:
+                            side.cancel()
             finally:
                 metrics.DRAINS_IN_FLIGHT.dec()
         duration, queued = loop.time() - started, started - asked
@@ -278,6 +434,19 @@ class Actor:
                 f"launch hook: node {name} not Ready within SPOTQ_POLICY__LAUNCH_WAIT_SECONDS; the hook's own "
                 "timeout decides"
             ) from None
+
+
+async def _first_of(*waits: Coroutine[Any, Any, object], until: float | None) -> None:
+    """Wait until the first of `waits` returns, or loop time `until` (None: no limit); the others are cancelled."""
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(wait) for wait in waits]
+        try:
+            async with asyncio.timeout_at(until):
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        except TimeoutError:
+            pass
+        for task in tasks:
+            task.cancel()
 
 
 @contextlib.asynccontextmanager

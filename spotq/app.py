@@ -3,6 +3,7 @@
 A mode (queue_mode: SQS; imds_mode: this node's instance metadata) is a Source: it opens its own edges, hands its
 notices to the one handler (handling.Handler) and says when it is ready. Everything else is shared: the Kubernetes
 client, the node index, the actor (marks, drains, hooks), the PDB watch, resuming unfinished drains, the probes.
+Queue-mode replicas in a pod also hold a Lease each (kube/leases.py) and claim each node's drain (owning.py).
 """
 
 from __future__ import annotations
@@ -10,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import re
 import signal
+import socket
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
@@ -22,6 +26,7 @@ from spotq.budgets import Budgets
 from spotq.draining import DrainOptions
 from spotq.kube.client import KubeClient
 from spotq.kube.events import EventRecorder
+from spotq.kube.leases import ReplicaLeases
 from spotq.kube.marks import NodeMarker
 from spotq.kube.nodes import NodeIndex
 from spotq.kube.pdbs import watch_budgets
@@ -45,7 +50,6 @@ def drain_options(settings: Settings) -> DrainOptions:
         evict_unmanaged_pods=drain.evict_unmanaged_pods,
         force_delete_before_deadline_seconds=drain.force_delete_before_deadline_seconds,
         settle_seconds=drain.settle_seconds,
-        critical_reserve_seconds=drain.critical_pods_reserve_seconds,
         retry_initial_seconds=drain.retry_initial_seconds,
         retry_max_seconds=drain.retry_max_seconds,
         protected=protected,
@@ -66,6 +70,8 @@ class Core:
     writer: NodeWriter | None = None
     events: EventSink | None = None
     """The actor's node writer and event sink, for the background work beside it (expiring)."""
+    replicas: ReplicaLeases | None = None
+    """Queue-mode replicas' Leases, when they coordinate (replica_identity); run and released by `run`."""
 
     def handler(self, resolver: Resolve) -> handling.Handler:
         """The one handler, resolving instances the source's way."""
@@ -100,7 +106,19 @@ class Source(Protocol):
     async def run(self, stop: asyncio.Event) -> None: ...
 
 
-async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: LifecycleApi | None) -> Core:
+def replica_identity(settings: Settings, mode: str) -> str | None:
+    """Who this replica is to the others on its queue, or None when it coordinates with none: only queue mode in a
+    pod's namespace (not IMDS mode: one pod per node acts on its own node), not a dry run (it writes nothing), not
+    with SPOTQ_KUBE__REPLICA_LEASE_SECONDS=0. Its pod's name, else host name and process id."""
+    kube = settings.kube
+    if mode != "queue" or not kube.pod_namespace or kube.replica_lease_seconds <= 0 or settings.policy.dry_run:
+        return None
+    return kube.pod_name or re.sub(r"[^a-z0-9.-]+", "-", f"{socket.gethostname()}-{os.getpid()}".lower())
+
+
+async def open_core(
+    stack: AsyncExitStack, settings: Settings, lifecycle: LifecycleApi | None, *, identity: str | None = None
+) -> Core:
     selector = selectors.parse(settings.kube.node_selector)
     # Each drain holds one pod watch; ordinary requests (at most max_in_flight) and the index watches beside them.
     connections = settings.drain.max_concurrent_nodes + settings.kube.max_in_flight + 8
@@ -108,6 +126,15 @@ async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: Lifecy
     stack.push_async_callback(kube.close)
     index = NodeIndex(selector, settings.kube.taint_prefix)
     budgets = Budgets()
+    replicas = None
+    if identity is not None and settings.kube.pod_namespace:
+        replicas = ReplicaLeases(
+            kube,
+            settings.kube.pod_namespace,
+            identity,
+            lease_seconds=settings.kube.replica_lease_seconds,
+            prefix=settings.kube.taint_prefix,
+        )
     writer, events = NodeMarker(kube, settings.kube.taint_prefix), EventRecorder(kube)
     actor = acting.Actor(
         writer=writer,
@@ -123,9 +150,10 @@ async def open_core(stack: AsyncExitStack, settings: Settings, lifecycle: Lifecy
         drain_slots=DeadlineSlots(settings.drain.max_concurrent_nodes),
         evictions=asyncio.Semaphore(settings.drain.max_concurrent_evictions),
         budgets=budgets,
+        replicas=replicas,
     )
     policy = planning.Policy.from_settings(settings)
-    return Core(settings, kube, index, actor, policy, budgets, writer=writer, events=events)
+    return Core(settings, kube, index, actor, policy, budgets, writer=writer, events=events, replicas=replicas)
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -146,19 +174,30 @@ async def run(
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     async with AsyncExitStack() as stack:
-        core = await open_core(stack, settings, await source.open(stack))
+        identity = replica_identity(settings, source.mode)
+        core = await open_core(stack, settings, await source.open(stack), identity=identity)
         source.wire(core)
+        replicas = core.replicas
 
         async def ready() -> tuple[bool, str]:
             if not core.index.synced.is_set():
                 return False, "node index not synced"
+            if replicas is not None and not replicas.holding():
+                return False, "replica lease not renewed"
             return await source.ready()
 
         runner, port = await probes.serve(probes.make_app(ready), settings.server.address, settings.server.port)
         stack.push_async_callback(runner.cleanup)
+        replica = {"replica": identity} if replicas is not None else {}
         log.info(
             "spotq started",
-            extra={"mode": source.mode, "port": port, "dry_run": settings.policy.dry_run, **source.details()},
+            extra={
+                "mode": source.mode,
+                "port": port,
+                "dry_run": settings.policy.dry_run,
+                **replica,
+                **source.details(),
+            },
         )
         if on_listening is not None:
             on_listening(port)
@@ -167,15 +206,22 @@ async def run(
             if source.watch_budgets:
                 work.append(watch_budgets(core.kube, core.budgets))
             if not settings.policy.dry_run:
-                work.append(resuming.resume_unfinished(core.index, core.actor))
+                work.append(resuming.resume_unfinished(core.index, core.actor, replicas))
             expiry = settings.policy.rebalance_expiry_seconds
             if expiry > 0 and not settings.policy.dry_run and core.writer and core.events:
                 work.append(
                     expiring.expire_recommendations(core.index, core.writer, core.events, timedelta(seconds=expiry))
                 )
             background = [group.create_task(coroutine) for coroutine in work]
+            # The Lease outlives every drain here: the others must not take a drain over while it still runs.
+            holding = group.create_task(replicas.run()) if replicas is not None else None
             await source.run(stop)
             for task in background:
                 task.cancel()
+            await asyncio.wait(background)
+            if replicas is not None and holding is not None:
+                holding.cancel()
+                await asyncio.wait([holding])
+                await replicas.release()
         log.info("spotq stopped")
     return 0

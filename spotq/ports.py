@@ -43,6 +43,8 @@ class NodeRef:
     drain_state: DrainState | str | None = None
     """spotq's record of its drain: started, finished, timed-out or blocked; None if it never drained the node."""
     records: tuple[NoticeRecord, ...] = ()
+    drainer: str | None = None
+    """The replica on record as draining the node (queue mode with several replicas); None if none claimed it."""
     cached: Any = field(default=None, compare=False, repr=False)
     """Opaque to the stages: the node writer's copy, so a mark needs no GET."""
 
@@ -60,6 +62,20 @@ class NodeMarks:
     exclude_from_load_balancers: bool = False
     record: NoticeRecord | None = None
     drain_started: bool = False
+    drainer: str | None = None
+    """This replica, claiming the drain in the same PATCH that records its start (only where none is on record)."""
+
+
+@dataclass(frozen=True)
+class DrainRecord:
+    """Who drains a node and how far it got, as one version of the node says (see owning.py)."""
+
+    drainer: str | None = None
+    state: DrainState | str | None = None
+
+    @classmethod
+    def of(cls, node: NodeRef) -> DrainRecord:
+        return cls(node.drainer, node.drain_state)
 
 
 @dataclass(frozen=True)
@@ -84,8 +100,6 @@ class Pod:
     uses_emptydir: bool = False
     terminating: bool = False
     labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs: which PDB covers the pod
-    critical: bool = False
-    """A system-critical pod (system-cluster-critical / system-node-critical): evicted after the ordinary ones."""
 
     @property
     def key(self) -> str:
@@ -131,14 +145,48 @@ class NodeLookup(Protocol):
 
 
 class NodeWriter(Protocol):
-    async def mark(self, node: NodeRef, marks: NodeMarks) -> bool:
-        """Make `marks` true on the node; True if a write was needed."""
+    async def mark(self, node: NodeRef, marks: NodeMarks) -> tuple[bool, DrainRecord]:
+        """Make `marks` true on the node; True if a write was needed, and the drain's record as it then stands."""
+        ...
+
+    async def claim_drain(self, node: NodeRef, drainer: str, may_claim: Callable[[DrainRecord], bool]) -> DrainRecord:
+        """Record `drainer` as draining the node, and the drain as started, where `may_claim` holds for the node as
+        it is now; written with its resourceVersion, so of two replicas claiming at once one wins (the other's
+        PATCH is a 409, re-read and re-decided). Returns the drain's record as it then stands."""
         ...
 
     async def record_drain(self, node: NodeRef, state: DrainState) -> None: ...
 
     async def release_for(self, node: NodeRef, kind: Kind, notice_id: str) -> bool:
         """Take spotq's marks off a node that carries them for this one notice only; True if it wrote."""
+        ...
+
+
+class Replicas(Protocol):
+    """The queue-mode replicas consuming one queue, as one of them sees them through their Leases (kube/leases.py).
+
+    Each renews its own Lease; a replica whose Lease is not renewed for its duration is gone, and the drains on
+    record as its own may be taken over. Expiry is judged by when this replica saw each renewal, not by the
+    holders' clocks."""
+
+    @property
+    def identity(self) -> str: ...
+
+    def expires_at(self, holder: str) -> float | None:
+        """Loop time at which `holder`'s Lease expires unless renewed before (in the past: gone); None: not known
+        to expire (this replica itself, or the Leases are being listed again)."""
+        ...
+
+    async def changed(self) -> None:
+        """Return at the next Lease that appears, is released or deleted (not at renewals)."""
+        ...
+
+    def holding(self) -> bool:
+        """False once this replica's own Lease may look expired to the others (renewals failing)."""
+        ...
+
+    async def lost(self) -> None:
+        """Return once `holding()` is False."""
         ...
 
 

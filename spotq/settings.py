@@ -93,6 +93,14 @@ class KubeSettings(_Group):
     taint_prefix: str = Field("spotq.io", description="Prefix of the taint, label and annotation keys spotq owns.")
     pod_name: str | None = Field(None, description="spotq's own pod (downward API); never evicted.")
     pod_namespace: str | None = Field(None, description="Namespace of spotq's own pod (downward API).")
+    replica_lease_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="Queue mode in a pod (SPOTQ_KUBE__POD_NAMESPACE set): each replica holds a Lease in that "
+        "namespace, renewed every fifth of this, s; a node is drained by one replica at a time, and the drains of "
+        "a replica whose Lease is not renewed this long are taken over by another. 0: no coordination (one "
+        "replica).",
+    )
 
 
 class PolicySettings(_Group):
@@ -166,13 +174,6 @@ class DrainSettings(_Group):
         ge=0,
         description="A drain is complete only this long after it started with nothing left on the node, s: pods "
         "bound to the node just before its taint (or re-created onto it) are seen and evicted too.",
-    )
-    critical_pods_reserve_seconds: float = Field(
-        20.0,
-        ge=0,
-        description="System-critical pods (system-cluster-critical / system-node-critical) are evicted after every "
-        "other pod has gone, or when this many s are left before the deadline, whichever is first, s (as the "
-        "kubelet's graceful shutdown and Karpenter order them).",
     )
     retry_initial_seconds: float = Field(0.5, gt=0, description="First back-off after a 429, s.")
     retry_max_seconds: float = Field(5.0, gt=0, description="Longest back-off between eviction attempts, s.")

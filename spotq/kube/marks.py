@@ -2,12 +2,14 @@
 
 The patch carries the resourceVersion it was computed from, so a concurrent writer makes it fail with 409 instead of
 silently losing a taint; we then read the node again and recompute. A node already marked gets no request at all.
+The same precondition makes a drain's claim (the drainer annotation, written with the drain's start) exclusive:
+of two replicas claiming one node at once, one PATCH lands and the other is a 409, re-read and re-decided.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ from spotq.kube import records
 from spotq.kube.nodes import LB_LABEL
 from spotq.kube.transport import JSON, Transport
 from spotq.notices import Kind
-from spotq.ports import DrainState, NodeMarks, NodeRef
+from spotq.ports import DrainRecord, DrainState, NodeMarks, NodeRef
 from spotq.ratelimit import Priority
 
 CONFLICT_RETRIES = 8
@@ -32,6 +34,10 @@ class Marks:
     overwrite_annotations: dict[str, str] = field(default_factory=dict)
     owner_key: str = ""
     """If set, an annotation listing what spotq itself changed (cordon, labels): `spotq release` undoes only that."""
+    claim: dict[str, str] = field(default_factory=dict)
+    claim_with: str = ""
+    """`claim` is written exactly when the annotation `claim_with` is (where absent): the replica that records a
+    drain's start records itself as its drainer in the same PATCH."""
 
 
 def patch_for(node: JSON, marks: Marks) -> JSON | None:
@@ -50,6 +56,8 @@ def patch_for(node: JSON, marks: Marks) -> JSON | None:
     new_labels = {k: v for k, v in marks.labels.items() if labels.get(k) != v}
     new_annotations = {k: v for k, v in marks.annotations.items() if k not in annotations}
     new_annotations |= {k: v for k, v in marks.overwrite_annotations.items() if annotations.get(k) != v}
+    if marks.claim_with and marks.claim_with in new_annotations:
+        new_annotations |= marks.claim
     cordon = marks.cordon and not spec.get("unschedulable", False)
     owned = (["cordon"] if cordon else []) + [f"label:{k}" for k in new_labels if k not in labels]
     if marks.owner_key and owned:
@@ -83,13 +91,36 @@ def marks_for(marks: NodeMarks, prefix: str) -> Marks:
     if marks.drain_started:
         # Only where no drain is on record yet: a repeated notice for a drained node changes nothing.
         annotations[records.drain_key(prefix)] = "started"
+    claim = {records.drainer_key(prefix): marks.drainer} if marks.drain_started and marks.drainer else {}
     return Marks(
         taints=marks.taints,
         cordon=marks.cordon,
         labels={LB_LABEL: "true"} if marks.exclude_from_load_balancers else {},
         annotations=annotations,
         owner_key=records.owner_key(prefix),
+        claim=claim,
+        claim_with=records.drain_key(prefix) if claim else "",
     )
+
+
+def claim_patch(node: JSON, prefix: str, drainer: str, may_claim: Callable[[DrainRecord], bool]) -> JSON | None:
+    """The merge patch that records `drainer` as draining the node and the drain as started, if `may_claim` holds
+    for the node's record as `node` has it (pure). Always with the resourceVersion: the claim is exclusive."""
+    meta = node.get("metadata") or {}
+    if not may_claim(records.drain_record(meta.get("annotations") or {}, prefix)):
+        return None
+    claim = {records.drainer_key(prefix): drainer, records.drain_key(prefix): "started"}
+    return {"metadata": {"resourceVersion": meta.get("resourceVersion", ""), "annotations": claim}}
+
+
+def drain_record_after(node: JSON, patch: JSON | None, prefix: str) -> DrainRecord:
+    """The drain's record once `patch` (None: nothing) is applied to `node` (pure)."""
+    annotations: Mapping[str, str] = (node.get("metadata") or {}).get("annotations") or {}
+    if patch is not None:
+        written = (patch.get("metadata") or {}).get("annotations") or {}
+        annotations = {**annotations, **written}
+        annotations = {k: v for k, v in annotations.items() if v is not None}
+    return records.drain_record(annotations, prefix)
 
 
 class NodeMarker:
@@ -99,8 +130,19 @@ class NodeMarker:
         self._client = client
         self._prefix = prefix
 
-    async def mark(self, node: NodeRef, marks: NodeMarks) -> bool:
-        return await apply(self._client, node.name, marks_for(marks, self._prefix), node.cached)
+    async def mark(self, node: NodeRef, marks: NodeMarks) -> tuple[bool, DrainRecord]:
+        wanted = marks_for(marks, self._prefix)
+        patch, seen = await _patch_node(
+            self._client, node.name, lambda current: patch_for(current, wanted), node.cached
+        )
+        return patch is not None, drain_record_after(seen, patch, self._prefix)
+
+    async def claim_drain(self, node: NodeRef, drainer: str, may_claim: Callable[[DrainRecord], bool]) -> DrainRecord:
+        def claim(current: JSON) -> JSON | None:
+            return claim_patch(current, self._prefix, drainer, may_claim)
+
+        patch, seen = await _patch_node(self._client, node.name, claim, node.cached)
+        return drain_record_after(seen, patch, self._prefix)
 
     async def record_drain(self, node: NodeRef, state: DrainState) -> None:
         overwrite = Marks(overwrite_annotations={records.drain_key(self._prefix): state})
@@ -144,7 +186,7 @@ def release_patch(node: JSON, prefix: str) -> JSON | None:
 
 
 # spotq's own bookkeeping annotations, beside the notice records.
-_BOOKKEEPING = ("drain", "owned")
+_BOOKKEEPING = ("drain", "owned", "drainer")
 
 
 def release_patch_for(node: JSON, prefix: str, notice_key: str, notice_id: str) -> JSON | None:
@@ -171,6 +213,14 @@ async def patch_node(
     client: Transport, node_name: str, compute: Callable[[JSON], JSON | None], cached: JSON | None = None
 ) -> bool:
     """PATCH what `compute` derives from the node, retrying on 409 with a fresh read. True if it wrote."""
+    patch, _ = await _patch_node(client, node_name, compute, cached)
+    return patch is not None
+
+
+async def _patch_node(
+    client: Transport, node_name: str, compute: Callable[[JSON], JSON | None], cached: JSON | None
+) -> tuple[JSON | None, JSON]:
+    """patch_node, returning the patch written (None: none was needed) and the node it was computed from."""
     node = cached
     for _ in range(CONFLICT_RETRIES):
         if node is None:
@@ -179,7 +229,7 @@ async def patch_node(
             )
         patch = compute(node)
         if patch is None:
-            return False
+            return None, node
         try:
             await client.request(
                 "PATCH",
@@ -189,7 +239,7 @@ async def patch_node(
                 operation="patch_node",
                 priority=Priority.MARK,
             )
-            return True
+            return patch, node
         except ApiError as exc:
             if exc.status != 409:
                 raise

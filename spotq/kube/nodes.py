@@ -57,6 +57,7 @@ def node_ref(node: JSON, selector: selectors.Selector, prefix: str = "spotq.io")
         ready=ready,
         resource_version=meta.get("resourceVersion", ""),
         drain_state=annotations.get(records.drain_key(prefix)),
+        drainer=annotations.get(records.drainer_key(prefix)),
         records=records.read(annotations, prefix),
         cached=view,
     )

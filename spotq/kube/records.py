@@ -1,5 +1,6 @@
-"""spotq's records on a node, as annotations: the first notice of each kind that acted (id, when, its deadline)
-and the drain's state. The one place that knows their keys and JSON; the stages see ports.NoticeRecord."""
+"""spotq's records on a node, as annotations: the first notice of each kind that acted (id, when, its deadline),
+the drain's state and the replica draining it. The one place that knows their keys and JSON; the stages see
+ports.NoticeRecord and ports.DrainRecord."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 from spotq.notices import Kind
-from spotq.ports import NoticeRecord
+from spotq.ports import DrainRecord, NoticeRecord
 
 
 def notice_key(prefix: str, kind: Kind) -> str:
@@ -18,6 +19,15 @@ def notice_key(prefix: str, kind: Kind) -> str:
 
 def drain_key(prefix: str) -> str:
     return f"{prefix}/drain"
+
+
+def drainer_key(prefix: str) -> str:
+    """The replica that claimed the node's drain (queue mode with several replicas; see owning.py)."""
+    return f"{prefix}/drainer"
+
+
+def drain_record(annotations: Mapping[str, str], prefix: str) -> DrainRecord:
+    return DrainRecord(annotations.get(drainer_key(prefix)), annotations.get(drain_key(prefix)))
 
 
 def owner_key(prefix: str) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from spotq import acting, planning, selectors
 from spotq.draining import DrainOptions
-from spotq.kube.marks import Marks, marks_for, patch_for, release_patch_for
+from spotq.kube.marks import Marks, claim_patch, drain_record_after, marks_for, patch_for, release_patch_for
 from spotq.kube.nodes import NodeIndex, NodeRef, node_ref
 from spotq.kube.records import notice_key
 from spotq.notices import (
@@ -21,7 +22,7 @@ from spotq.notices import (
     StateChange,
 )
 from spotq.observability import logs
-from spotq.ports import NodeMarks
+from spotq.ports import DrainRecord, NodeMarks
 from spotq.settings import Settings
 from spotq.slots import DeadlineSlots
 from tests.fakes import FakePods
@@ -46,8 +47,16 @@ class FakeWriter:
     )  # type: ignore[type-arg]
     patches: list[dict] = field(default_factory=list)  # type: ignore[type-arg]
 
-    async def mark(self, node: NodeRef, marks: NodeMarks) -> bool:
-        return self._apply(patch_for(self.node, marks_for(marks, "spotq.io")))
+    async def mark(self, node: NodeRef, marks: NodeMarks) -> tuple[bool, DrainRecord]:
+        patch = patch_for(self.node, marks_for(marks, "spotq.io"))
+        after = drain_record_after(self.node, patch, "spotq.io")
+        return self._apply(patch), after
+
+    async def claim_drain(self, node: NodeRef, drainer: str, may_claim: Callable[[DrainRecord], bool]) -> DrainRecord:
+        patch = claim_patch(self.node, "spotq.io", drainer, may_claim)
+        after = drain_record_after(self.node, patch, "spotq.io")
+        self._apply(patch)
+        return after
 
     async def record_drain(self, node: NodeRef, state: str) -> None:
         self._apply(patch_for(self.node, Marks(overwrite_annotations={"spotq.io/drain": state})))
@@ -229,7 +238,7 @@ async def test_in_a_wave_drains_wait_until_every_node_is_marked() -> None:
     other_mark_done = asyncio.Event()
     original = writer.mark
 
-    async def mark(node: NodeRef, marks: Marks) -> bool:
+    async def mark(node: NodeRef, marks: Marks) -> tuple[bool, DrainRecord]:
         if node.name == "n2":
             await other_mark_done.wait()  # another node's taint still on its way
         return await original(node, marks)

@@ -1,0 +1,84 @@
+"""Faults of the Kubernetes API server mid-wave: hung (SIGSTOP for `apiserver_pause` s, then SIGCONT), and killed
+(kill -9) then restarted with the same command line `restart_delay` s later.
+
+The whole control plane stalls with it (scheduler, controllers and kwok talk to it too); what is measured is how
+soon spotq works again once the API server answers: its first eviction after the fault, and that every drain
+still ends, with nothing lost and no budget broken.
+"""
+
+from __future__ import annotations
+
+import time
+
+from faults import apiserver, measure
+from faults.env import Environment
+from faults.measure import Figures
+from faults.trial import Options, Trial
+
+
+def apiserver_pause(env: Environment, opts: Options) -> Figures:
+    trial = Trial(env, opts, "apiserver-pause", f"kube-apiserver SIGSTOP {opts.apiserver_pause:g} s mid-wave")
+    proc = env.spotq("spotq-0")
+    trial.interrupt()
+    trial.mid_wave(0.3)
+    apiserver.pause(env.kube)
+    paused = time.time()
+    time.sleep(opts.apiserver_pause)
+    apiserver.resume(env.kube)
+    resumed = time.time()
+    trial.settle()
+    found = trial.finish(serving=[proc])
+    _resume_figures(found, trial, proc.user, paused, resumed, "SIGCONT")
+    found.details.update(
+        {
+            "paused_at_seconds": round(paused - trial.wave.event_time, 1),
+            "not_ready_samples_while_paused": trial.sampler.not_ready(proc.label, paused, resumed),
+            "ready_again_after_seconds": _after(trial.sampler.ready_again(proc.label, resumed), resumed),
+        }
+    )
+    return found
+
+
+def apiserver_restart(env: Environment, opts: Options) -> Figures:
+    trial = Trial(env, opts, "apiserver-restart", "kube-apiserver kill -9 mid-wave, then restart")
+    proc = env.spotq("spotq-0")
+    trial.interrupt()
+    trial.mid_wave(0.3)
+    killed = apiserver.kill(env.kube)
+    time.sleep(max(0.0, opts.restart_delay - (time.time() - killed)))
+    ready = apiserver.restart(env.kube)
+    trial.settle()
+    found = trial.finish(serving=[proc])
+    _resume_figures(found, trial, proc.user, killed, ready, "restarted API server ready")
+    found.details.update(
+        {
+            "killed_at_seconds": round(killed - trial.wave.event_time, 1),
+            "down_seconds": round(ready - killed, 1),
+            "ready_again_after_seconds": _after(trial.sampler.ready_again(proc.label, ready), ready),
+        }
+    )
+    return found
+
+
+def _resume_figures(found: Figures, trial: Trial, user: str, fault: float, since: float, what: str) -> None:
+    """Resume, for each node with pods not yet evicted when the fault began: spotq's first eviction of one of them,
+    or its first request for the node's pods, after the API server is back (`since`)."""
+    accepted = trial.audit.accepted(trial.wave.namespace)
+    waits: dict[str, float | None] = {}
+    for item in trial.interruptions:
+        remaining = {pod for pod in item.pods if not any(e.at < fault for e in accepted.get(pod, []))}
+        if not remaining:
+            continue
+        stamps = [
+            trial.audit.first_drain_request(user, item.node, after=since),
+            trial.audit.first_eviction(user, after=since, pods=remaining),
+        ]
+        seen = [s for s in stamps if s is not None]
+        waits[item.node] = min(seen) - since if seen else None
+    if not waits:
+        found.details["resume"] = "every pod had been evicted before the fault"
+    measure.resumed(found, waits, f"{what} → spotq's first eviction (or pod request) for each node with pods left")
+
+
+def _after(when: float | None, since: float) -> float | None:
+    return None if when is None else round(when - since, 1)

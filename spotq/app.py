@@ -31,6 +31,7 @@ from spotq.kube.marks import NodeMarker
 from spotq.kube.nodes import NodeIndex
 from spotq.kube.pdbs import watch_budgets
 from spotq.kube.pods import PodClient
+from spotq.notify.notifier import Notifier
 from spotq.observability import probes
 from spotq.ports import EventSink, LifecycleApi, NodeWriter
 from spotq.resolving import Resolve
@@ -117,7 +118,12 @@ def replica_identity(settings: Settings, mode: str) -> str | None:
 
 
 async def open_core(
-    stack: AsyncExitStack, settings: Settings, lifecycle: LifecycleApi | None, *, identity: str | None = None
+    stack: AsyncExitStack,
+    settings: Settings,
+    lifecycle: LifecycleApi | None,
+    *,
+    identity: str | None = None,
+    notifier: Notifier | None = None,
 ) -> Core:
     selector = selectors.parse(settings.kube.node_selector)
     # Each drain holds one pod watch; ordinary requests (at most max_in_flight) and the index watches beside them.
@@ -135,7 +141,9 @@ async def open_core(
             lease_seconds=settings.kube.replica_lease_seconds,
             prefix=settings.kube.taint_prefix,
         )
-    writer, events = NodeMarker(kube, settings.kube.taint_prefix), EventRecorder(kube)
+    writer = NodeMarker(kube, settings.kube.taint_prefix)
+    # With a webhook, each Event is also offered (never awaited) as a notification: see spotq/notify.
+    events: EventSink = EventRecorder(kube) if notifier is None else notifier.wrap(EventRecorder(kube))
     actor = acting.Actor(
         writer=writer,
         pods=PodClient(kube),
@@ -174,8 +182,9 @@ async def run(
     stop = stop or asyncio.Event()
     stop_on_signals(stop)
     async with AsyncExitStack() as stack:
+        notifier = Notifier.from_settings(settings.webhook)  # a wrong SPOTQ_WEBHOOK__* stops spotq here
         identity = replica_identity(settings, source.mode)
-        core = await open_core(stack, settings, await source.open(stack), identity=identity)
+        core = await open_core(stack, settings, await source.open(stack), identity=identity, notifier=notifier)
         source.wire(core)
         replicas = core.replicas
 
@@ -213,6 +222,7 @@ async def run(
                     expiring.expire_recommendations(core.index, core.writer, core.events, timedelta(seconds=expiry))
                 )
             background = [group.create_task(coroutine) for coroutine in work]
+            sending = group.create_task(notifier.run()) if notifier is not None else None
             # The Lease outlives every drain here: the others must not take a drain over while it still runs.
             holding = group.create_task(replicas.run()) if replicas is not None else None
             await source.run(stop)
@@ -223,5 +233,7 @@ async def run(
                 holding.cancel()
                 await asyncio.wait([holding])
                 await replicas.release()
+            if notifier is not None and sending is not None:
+                await notifier.finish(sending)  # the outcomes of the last drains, within a short grace
         log.info("spotq stopped")
     return 0

@@ -228,6 +228,65 @@ class ImdsSettings(_Group):
     )
 
 
+class WebhookSettings(_Group):
+    """Webhook notifications (both modes): each node Event spotq records is also posted to a webhook."""
+
+    url: str | None = Field(
+        None,
+        description="URL to POST a notification to at each notice and each drain's outcome (http or https); unset "
+        "(and no url_file): no notifications. Never logged; a URL that carries a token (Slack, Teams) belongs in "
+        "url_file.",
+    )
+    url_file: str | None = Field(
+        None,
+        description="File holding the webhook URL, e.g. a mounted Secret key (the chart's webhook.urlSecret), read "
+        "once at start; not together with url.",
+    )
+    headers: str = Field(
+        "",
+        description='Extra request headers, a JSON object of strings, e.g. \'{"Authorization": "Bearer ..."}\'; '
+        "a Content-Type here replaces application/json (a type that is not JSON turns off JSON escaping).",
+    )
+    proxy: str | None = Field(
+        None,
+        description="HTTP(S) proxy for the webhook, http://[user:password@]host:port (an https webhook goes "
+        "through it with CONNECT); unset: direct (HTTP_PROXY/HTTPS_PROXY are not read).",
+    )
+    template: str = Field(
+        "generic",
+        description="Body: a preset, generic (JSON with every field), slack (Slack incoming webhook) or teams "
+        "(Microsoft Teams incoming webhook, an Adaptive Card), or a custom template naming $cluster, $node, "
+        "$instance_id, $reason, $message, $warning, $type, $time, $title, $text ($$ for a $); values are "
+        "JSON-escaped when the Content-Type is JSON.",
+    )
+    template_file: str | None = Field(
+        None, description="File holding a custom template, read once at start; replaces template."
+    )
+    reasons: str = Field(
+        "",
+        description="Notify only for these Event reasons, comma-separated: InterruptionNotice, DrainFinished, "
+        "DrainTimedOut, DrainBlocked, NoticeEnded, RebalanceExpired; empty: all.",
+    )
+    cluster_name: str = Field("", description="Cluster name the templates give as $cluster; empty: none.")
+    queue_size: int = Field(
+        1000,
+        ge=1,
+        description="Notifications waiting to be sent; when full, new ones are dropped (counted) so that no taint "
+        "or drain ever waits for the webhook.",
+    )
+    timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one POST, s, connecting included.")
+    retries: int = Field(
+        3,
+        ge=0,
+        le=20,
+        description="Retries of a failed POST (no connection, timeout, 408, 425, 429, 5xx) after a back-off of 1, "
+        "2, 4... s (at most 30 s; Retry-After honoured up to that); other answers are not retried.",
+    )
+    stop_grace_seconds: float = Field(
+        5.0, ge=0, description="On stop, how long waiting notifications may still be sent, s; the rest are dropped."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPOTQ_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -241,6 +300,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     log: LogSettings = LogSettings()
     imds: ImdsSettings = ImdsSettings()
+    webhook: WebhookSettings = WebhookSettings()
 
 
 def describe() -> list[tuple[str, str, str]]:

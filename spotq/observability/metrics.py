@@ -108,3 +108,10 @@ IMDS_TOKEN_REQUESTS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+NOTIFICATIONS = Counter(
+    "spotq_notifications",
+    "Webhook notifications by result: sent (the webhook answered 2xx), failed (refused, or still failing after "
+    "the retries), dropped (the queue was full, or spotq stopped before it could send them).",
+    ["result"],
+    registry=REGISTRY,
+)

@@ -2,6 +2,7 @@
 #   make demo     the main job on the built-in local default (local control plane + moto), with a live view
 #   make test     lint + the whole test suite (bash .ci/run runs exactly this)
 #   make bench    the mass-interruption benchmark (all scales; bench/README.md), figures in bench/results/
+#   make faults   the fault report (faults/README.md): each fault scenario on a fresh local environment
 #   make testenv  build the local environment's binaries into $SPOTQ_CACHE (default ~/.cache/spotq); idempotent
 # Each target builds only the tools it uses: demo and bench need the control plane and kwok, not helm, the IMDS
 # mock or promtool (promtool alone is ~15 min cold), which only the tests use.
@@ -54,3 +55,9 @@ $(VENV)/.bench-installed: $(VENV)/.installed
 
 bench: venv testenv-cluster $(VENV)/.bench-installed
 	$(PY) -m bench.run --all
+
+# The fault report: the control plane and kwok (as bench), ElasticMQ (Java + Maven, fetched once by bench/elasticmq).
+# FAULTS_ARGS passes options, e.g. make faults FAULTS_ARGS="--scenario kill-restart --nodes 4".
+.PHONY: faults
+faults: venv testenv-cluster
+	$(PY) -m faults.run $(FAULTS_ARGS)

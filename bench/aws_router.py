@@ -135,5 +135,8 @@ class AwsRouter:
             if key.lower() not in _HOP_BY_HOP and key.lower() not in ("server", "date"):
                 request.send_header(key, value)
         request.send_header("Content-Length", str(len(data)))
-        request.end_headers()
-        request.wfile.write(data)
+        try:
+            request.end_headers()
+            request.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client is gone (NTH stopped during a long poll): nothing to answer

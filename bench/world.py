@@ -4,7 +4,8 @@ counts, and a workload layout that can be laid out again identically for each ph
 Layout: K Spot nodes that accept exactly P pods each (allocatable pods = P) and R on-demand nodes with room for
 every replacement. While the workload is placed the on-demand nodes are cordoned, so the Deployments fill the Spot
 nodes exactly P pods apiece; then they are uncordoned and take the replacements. The same KxP layout is rebuilt
-before each phase (spotq, kubectl drain, eviction ceiling), so every contender meets the same cluster.
+before each phase (spotq, kubectl drain, NTH tuned and defaults, eviction ceiling), so every contender meets
+the same cluster.
 """
 
 from __future__ import annotations

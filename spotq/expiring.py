@@ -10,6 +10,7 @@ recorded meanwhile keeps every mark.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from spotq import clock
@@ -36,15 +37,21 @@ def sweep_interval(after: timedelta) -> float:
 
 
 async def expire_recommendations(
-    index: NodeLookup, writer: NodeWriter, events: EventSink, after: timedelta, *, interval: float | None = None
+    index: NodeLookup,
+    writer: NodeWriter,
+    events: EventSink,
+    after: timedelta,
+    *,
+    interval: float | None = None,
+    now: Callable[[], datetime] = clock.now,
 ) -> None:
     """Forever: release the marks of recommendations that expired. A failed release is logged and tried again."""
     await index.synced.wait()
     every = sweep_interval(after) if interval is None else interval
     while True:
-        now = clock.now()
+        when = now()
         for node in index.nodes():
-            record = expired_recommendation(node, now, after)
+            record = expired_recommendation(node, when, after)
             if record is not None and record.id is not None:
                 await _release(node, record.id, writer, events)
         await asyncio.sleep(every)

@@ -85,7 +85,7 @@ async def test_the_sweep_releases_expired_nodes_says_so_and_survives_a_failure()
     )  # fmt: skip
     fake.synced.set()
     sweeping = asyncio.create_task(
-        expiring.expire_recommendations(fake, fake, fake, HOUR, interval=3600)  # type: ignore[arg-type]
+        expiring.expire_recommendations(fake, fake, fake, HOUR, interval=3600, now=lambda: NOW)  # type: ignore[arg-type]
     )
     await fake.swept.wait()
     for _ in range(10):

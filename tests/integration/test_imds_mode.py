@@ -24,11 +24,13 @@ import aiohttp
 import pytest
 
 from spotq import notices, parsing_imds, polling
-from spotq.aws.imds import ImdsClient, ImdsConfig, ImdsError, TokenTimeoutError
+from spotq.aws.imds import ImdsClient, ImdsConfig, TokenTimeoutError
+from spotq.errors import ImdsError
 from spotq.observability import metrics
 from testenv import ImdsMock, LocalCluster
 from testenv.procs import free_port
 from testenv.spotq_imds import SpotqImdsProcess
+from testenv.workloads import NodeInfo
 
 from .helpers import wait_until
 
@@ -240,15 +242,29 @@ def taint(node: dict[str, Any], key: str) -> str | None:
     return next((t["effect"] for t in node.get("spec", {}).get("taints") or [] if t["key"] == key), None)
 
 
+def nodes_with_a_workload(cluster: LocalCluster, namespace: str) -> tuple[NodeInfo, NodeInfo]:
+    """Two Spot nodes and a 4-replica Deployment (PDB minAvailable 3) over them: (a node with pods, the other)."""
+    first, second = cluster.create_spot_nodes(2, labels={"pool": namespace})
+    cluster.create_deployment_with_pdb(
+        namespace, "web", 4, min_available=3, node_selector={"pool": namespace}, termination_grace_period_seconds=2
+    )
+    cluster.wait_deployments_ready(namespace, ["web"], timeout=120)
+    # The scheduler may put every replica on one node: the victim is one that has some.
+    return (first, second) if workload_pods_on(cluster, namespace, first.node_name) else (second, first)
+
+
+def wait_drain_recorded(cluster: LocalCluster, node: str) -> None:
+    wait_until(
+        "drain recorded",
+        lambda: (cluster.get_node(node) or {})["metadata"]["annotations"].get("spotq.io/drain") == "finished",
+        timeout=30,
+    )
+
+
 def test_a_notice_served_by_the_mock_drains_exactly_this_node_before_its_time(
     local_cluster: LocalCluster, imds_env: dict[str, str], namespace: str, tmp_path: Path
 ) -> None:
-    victim, neighbour = local_cluster.create_spot_nodes(2, labels={"pool": namespace})
-    local_cluster.create_deployment_with_pdb(
-        namespace, "web", 4, min_available=3, node_selector={"pool": namespace}, termination_grace_period_seconds=2
-    )
-    local_cluster.wait_deployments_ready(namespace, ["web"], timeout=120)
-    assert workload_pods_on(local_cluster, namespace, victim.node_name), "the scheduler put no pod on the victim"
+    victim, neighbour = nodes_with_a_workload(local_cluster, namespace)
 
     mock = ImdsMock(
         workdir=tmp_path,
@@ -291,14 +307,7 @@ def test_a_notice_served_by_the_mock_drains_exactly_this_node_before_its_time(
             wait_until("victim drained", lambda: not workload_pods_on(local_cluster, namespace, victim.node_name), 90)
             drained_at = datetime.now(UTC)
             local_cluster.wait_deployments_ready(namespace, ["web"], timeout=120)
-            wait_until(
-                "drain recorded",
-                lambda: (
-                    (local_cluster.get_node(victim.node_name) or {})["metadata"]["annotations"].get("spotq.io/drain")
-                    == "finished"
-                ),
-                timeout=30,
-            )
+            wait_drain_recorded(local_cluster, victim.node_name)
             time.sleep(2)  # a few more polls of the same (re-stamped) notice
             assert spotq.metric("spotq_imds_polls_total", path="instance_action", result="notice") >= 5
             assert spotq.metric("spotq_imds_notices_total", kind="spot_interruption") == 1
@@ -333,12 +342,7 @@ def test_a_notice_served_by_the_mock_drains_exactly_this_node_before_its_time(
 def test_an_auto_scaling_termination_seen_on_imds_drains_the_node_and_completes_no_hook(
     local_cluster: LocalCluster, imds_env: dict[str, str], namespace: str, tmp_path: Path
 ) -> None:
-    victim, neighbour = local_cluster.create_spot_nodes(2, labels={"pool": namespace})
-    local_cluster.create_deployment_with_pdb(
-        namespace, "web", 4, min_available=3, node_selector={"pool": namespace}, termination_grace_period_seconds=2
-    )
-    local_cluster.wait_deployments_ready(namespace, ["web"], timeout=120)
-    assert workload_pods_on(local_cluster, namespace, victim.node_name), "the scheduler put no pod on the victim"
+    victim, neighbour = nodes_with_a_workload(local_cluster, namespace)
     # The mock's asglifecycle mode serves InService, then Terminated after the delay (and no Spot notice at all).
     mock = ImdsMock(
         workdir=tmp_path,
@@ -360,14 +364,7 @@ def test_an_auto_scaling_termination_seen_on_imds_drains_the_node_and_completes_
                 timeout=30,
             )
             wait_until("victim drained", lambda: not workload_pods_on(local_cluster, namespace, victim.node_name), 90)
-            wait_until(
-                "drain recorded",
-                lambda: (
-                    (local_cluster.get_node(victim.node_name) or {})["metadata"]["annotations"].get("spotq.io/drain")
-                    == "finished"
-                ),
-                timeout=30,
-            )
+            wait_drain_recorded(local_cluster, victim.node_name)
             assert spotq.metric("spotq_imds_polls_total", path="target_lifecycle_state", result="notice") >= 1
             assert spotq.metric("spotq_imds_notices_total", kind="lifecycle_terminate") == 1
             assert spotq.metric("spotq_lifecycle_completions_total") == 0  # IMDS has no hook token to complete

@@ -284,6 +284,7 @@ def test_rbac_can_be_left_to_the_operator(helm: Helm) -> None:
 
 # Set by the chart: the pod's identity from the downward API, and in-cluster config instead of a kubeconfig.
 CHART_OWNED = {"SPOTQ_KUBE__POD_NAME", "SPOTQ_KUBE__POD_NAMESPACE", "SPOTQ_KUBE__KUBECONFIG", "SPOTQ_KUBE__CONTEXT"}
+CHART_OWNED |= {"SPOTQ_WEBHOOK__URL_FILE"}  # from webhook.urlSecret, mounted
 
 
 def _camel(snake: str) -> str:
@@ -294,6 +295,7 @@ def _camel(snake: str) -> str:
 def _sample_settings() -> dict[str, dict[str, Any]]:
     """A value for every spotq setting: its default, or a sample where the default is empty."""
     samples = {"url": QUEUE_URL, "endpoint_url": "http://127.0.0.1:5000", "region": "eu-west-1"}
+    samples |= {"proxy": "http://proxy.example:3128", "headers": '{"X-Team": "ops"}'}  # webhook
     groups: dict[str, dict[str, Any]] = {}
     for group_name, group_field in Settings.model_fields.items():
         model = group_field.annotation
@@ -606,3 +608,100 @@ def test_values_schema_refuses_bad_placement_values(helm: Helm, args: list[str])
     result = helm.run("template", "spotq", str(CHART), *QUEUE, *args, check=False)
     assert result.returncode != 0
     assert "values don't meet the specifications of the schema" in result.stderr
+
+
+# -- webhook notifications ----------------------------------------------------------------------------------------
+
+WEBHOOK_SECRET = ["--set", "webhook.urlSecret.name=spotq-webhook", "--set", "webhook.urlSecret.key=slack-url"]
+
+
+@pytest.mark.parametrize(("args", "kind"), [(QUEUE, "Deployment"), (IMDS, "DaemonSet")], ids=["queue", "imds"])
+def test_webhook_url_comes_from_an_existing_secret_mounted_as_a_file(helm: Helm, args: list[str], kind: str) -> None:
+    plain = one(helm.template(*args), kind)
+    assert not [name for name in env_values(plain) if name.startswith("SPOTQ_WEBHOOK__")]
+    assert "webhook-url" not in {v["name"] for v in _pod_spec(plain)["volumes"]}
+
+    workload = one(helm.template(*args, *WEBHOOK_SECRET), kind)
+    assert env_values(workload)["SPOTQ_WEBHOOK__URL_FILE"] == "/etc/spotq/webhook/url"
+    (volume,) = [v for v in _pod_spec(workload)["volumes"] if v["name"] == "webhook-url"]
+    assert volume["secret"] == {
+        "secretName": "spotq-webhook",
+        "defaultMode": 0o440,  # the pod's fsGroup can read it, nobody else
+        "items": [{"key": "slack-url", "path": "url"}],
+    }
+    (mount,) = [m for m in container(workload)["volumeMounts"] if m["name"] == "webhook-url"]
+    assert mount == {"name": "webhook-url", "mountPath": "/etc/spotq/webhook", "readOnly": True}
+
+
+def test_webhook_values_render_settings_spotq_accepts(
+    helm: Helm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from spotq.notify import config as webhook_config
+
+    values = tmp_path / "webhook.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "webhook": {
+                    "urlSecret": {"name": "spotq-webhook"},
+                    "headers": {"X-Team": "ops", "X-Env": "prod"},
+                    "proxy": "http://proxy.internal:3128",
+                    "template": '{"node": "$node", "why": "$reason"}',
+                    "clusterName": "prod-eu",
+                    "reasons": "DrainTimedOut,DrainBlocked",
+                    "retries": 5,
+                }
+            }
+        )
+    )
+    deployment = one(helm.template(*QUEUE, "-f", str(values)), "Deployment")
+    env = env_values(deployment)
+    assert json.loads(env["SPOTQ_WEBHOOK__HEADERS"]) == {"X-Team": "ops", "X-Env": "prod"}
+    assert (env["SPOTQ_WEBHOOK__PROXY"], env["SPOTQ_WEBHOOK__RETRIES"]) == ("http://proxy.internal:3128", "5")
+    assert "SPOTQ_WEBHOOK__URL_SECRET" not in env  # the chart's own value, not a setting
+    (volume,) = [v for v in _pod_spec(deployment)["volumes"] if v["name"] == "webhook-url"]
+    assert volume["secret"]["items"] == [{"key": "url", "path": "url"}]  # the default key
+
+    # spotq takes exactly this environment (the URL read from where the chart mounts the Secret).
+    for name in [n for n in os.environ if n.startswith("SPOTQ_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("SPOTQ_"):
+            monkeypatch.setenv(name, value)
+    mounted = {Path("/etc/spotq/webhook/url"): "https://hooks.example.com/services/T/B/s3cr3t\n"}
+    loaded = webhook_config.load(Settings().webhook, read=lambda path: mounted[path])
+    assert loaded is not None and loaded.host == "hooks.example.com"
+    assert loaded.headers == {"X-Team": "ops", "X-Env": "prod"} and loaded.proxy_host == "proxy.internal"
+    assert loaded.reasons == frozenset({"DrainTimedOut", "DrainBlocked"}) and loaded.cluster == "prod-eu"
+    assert loaded.template_name == "custom" and loaded.retries == 5
+
+
+def test_chart_with_a_webhook_passes_strict_lint(helm: Helm) -> None:
+    for args in ([*QUEUE, *WEBHOOK_SECRET, "--set", "webhook.template=teams"], [*IMDS, *WEBHOOK_SECRET]):
+        result = helm.run("lint", "--strict", str(CHART), *args)
+        assert "1 chart(s) linted, 0 chart(s) failed" in result.stdout and "[WARNING]" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "webhook.urlFile=/x"], "urlFile"),
+        (["--set", "webhook.proxy=proxy:3128"], "proxy"),
+        (["--set", "webhook.urlSecret.nam=x"], "nam"),
+        (["--set", "webhook.urlSecret.name=Bad_Name"], "name"),
+        (["--set-json", 'webhook.headers={"X-A": 1}'], "headers"),
+        ([*WEBHOOK_SECRET, "--set", "webhook.url=https://hooks.example.com/x"], "not both"),
+    ],
+    ids=[
+        "chart-owned-url-file",
+        "proxy-without-scheme",
+        "misspelt-secret-value",
+        "bad-secret-name",
+        "header-not-string",
+        "url-and-secret",
+    ],
+)
+def test_values_schema_refuses_webhook_mistakes(helm: Helm, args: list[str], message: str) -> None:
+    result = helm.run("template", "spotq", str(CHART), *QUEUE, *args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr

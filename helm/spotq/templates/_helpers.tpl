@@ -53,12 +53,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 
 {{/* The settings groups of spotq/settings.py, plus imds. A new setting in a known group needs no chart change. */}}
 {{- define "spotq.settingsGroups" -}}
-queue aws kube policy drain server log imds
+queue aws kube policy drain server log imds webhook
 {{- end }}
 
 {{/* Settings the chart itself provides: the pod's own identity from the downward API, in-cluster config. */}}
 {{- define "spotq.reservedSettings" -}}
-SPOTQ_KUBE__POD_NAME SPOTQ_KUBE__POD_NAMESPACE SPOTQ_KUBE__KUBECONFIG SPOTQ_KUBE__CONTEXT SPOTQ_AWS__REGION
+SPOTQ_KUBE__POD_NAME SPOTQ_KUBE__POD_NAMESPACE SPOTQ_KUBE__KUBECONFIG SPOTQ_KUBE__CONTEXT SPOTQ_AWS__REGION SPOTQ_WEBHOOK__URL_SECRET SPOTQ_WEBHOOK__URL_FILE
+{{- end }}
+
+{{/* The webhook URL's file, mounted from webhook.urlSecret (the URL never appears in the pod spec). */}}
+{{- define "spotq.webhookUrlDir" -}}
+/etc/spotq/webhook
+{{- end }}
+
+{{- define "spotq.webhookSecret" -}}
+{{- $webhook := .Values.webhook | default dict }}
+{{- $secret := $webhook.urlSecret | default dict }}
+{{- if $secret.name }}
+{{- if $webhook.url }}
+{{- fail "set webhook.url or webhook.urlSecret.name, not both (the Secret is the place for a URL that carries a token)" }}
+{{- end }}
+{{- $secret.name }}
+{{- end }}
 {{- end }}
 
 {{/* A setting as an env value: strings as they are, numbers and booleans as JSON (1209600, never 1.2096e+06). */}}
@@ -111,11 +127,15 @@ SPOTQ_KUBE__POD_NAME SPOTQ_KUBE__POD_NAMESPACE SPOTQ_KUBE__KUBECONFIG SPOTQ_KUBE
 {{- range $group := splitList " " (include "spotq.settingsGroups" .) }}
 {{- range $key, $value := (index $root.Values $group) | default dict }}
 {{- $name := printf "SPOTQ_%s__%s" $group (snakecase $key) | upper }}
-{{- if and (not (has $name $reserved)) (not (kindIs "invalid" $value)) (ne (toString $value) "") }}
+{{- if and (not (has $name $reserved)) (not (kindIs "invalid" $value)) (ne (toString $value) "") (not (and (kindIs "map" $value) (empty $value))) }}
 - name: {{ $name }}
   value: {{ include "spotq.envValue" $value | quote }}
 {{- end }}
 {{- end }}
+{{- end }}
+{{- if include "spotq.webhookSecret" . }}
+- name: SPOTQ_WEBHOOK__URL_FILE
+  value: {{ printf "%s/url" (include "spotq.webhookUrlDir" .) | quote }}
 {{- end }}
 {{- with include "spotq.region" . }}
 - name: SPOTQ_AWS__REGION
@@ -202,10 +222,24 @@ spec:
         # The root filesystem is read-only; client libraries may still want a scratch directory.
         - name: tmp
           mountPath: /tmp
+        {{- if include "spotq.webhookSecret" . }}
+        - name: webhook-url
+          mountPath: {{ include "spotq.webhookUrlDir" . }}
+          readOnly: true
+        {{- end }}
   volumes:
     - name: tmp
       emptyDir:
         sizeLimit: 16Mi
+    {{- with include "spotq.webhookSecret" . }}
+    - name: webhook-url
+      secret:
+        secretName: {{ . }}
+        defaultMode: 0440
+        items:
+          - key: {{ $.Values.webhook.urlSecret.key | default "url" }}
+            path: url
+    {{- end }}
   {{- with .Values.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}

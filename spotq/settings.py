@@ -279,8 +279,8 @@ class WebhookSettings(_Group):
         3,
         ge=0,
         le=20,
-        description="Retries of a failed POST (no connection, timeout, 408, 425, 429, 5xx) after a back-off of 1, "
-        "2, 4... s (at most 30 s; Retry-After honoured up to that); other answers are not retried.",
+        description="Retries of a failed POST (no connection, timeout, 408, 425, 429, 5xx) after a jittered "
+        "back-off doubling from 1 s (at most 30 s; Retry-After honoured up to that); other answers are not retried.",
     )
     stop_grace_seconds: float = Field(
         5.0, ge=0, description="On stop, how long waiting notifications may still be sent, s; the rest are dropped."

@@ -100,6 +100,8 @@ class Pod:
     uses_emptydir: bool = False
     terminating: bool = False
     labels: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs: which PDB covers the pod
+    critical: bool = False
+    """A system-critical pod (system-cluster-critical / system-node-critical): evicted after the ordinary ones."""
 
     @property
     def key(self) -> str:

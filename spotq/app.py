@@ -51,6 +51,7 @@ def drain_options(settings: Settings) -> DrainOptions:
         evict_unmanaged_pods=drain.evict_unmanaged_pods,
         force_delete_before_deadline_seconds=drain.force_delete_before_deadline_seconds,
         settle_seconds=drain.settle_seconds,
+        critical_reserve_seconds=drain.critical_pods_reserve_seconds,
         retry_initial_seconds=drain.retry_initial_seconds,
         retry_max_seconds=drain.retry_max_seconds,
         protected=protected,

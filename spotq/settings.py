@@ -175,6 +175,13 @@ class DrainSettings(_Group):
         description="A drain is complete only this long after it started with nothing left on the node, s: pods "
         "bound to the node just before its taint (or re-created onto it) are seen and evicted too.",
     )
+    critical_pods_reserve_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="System-critical pods (system-cluster-critical / system-node-critical) are evicted after every "
+        "other pod has gone, or when this many s are left before the deadline, whichever is first, s (as the "
+        "kubelet's graceful shutdown and Karpenter order them).",
+    )
     retry_initial_seconds: float = Field(0.5, gt=0, description="First back-off after a 429, s.")
     retry_max_seconds: float = Field(5.0, gt=0, description="Longest back-off between eviction attempts, s.")
     lifecycle_heartbeat_seconds: float = Field(

@@ -137,4 +137,6 @@ def test_capacity_reservation_interruption_level_is_its_own_setting() -> None:
     notice = notices.CapacityReservationInterruption(event_id="e", event_time=T0, instance_ids=IDS)
     custom = policy(policy={"capacity_reservation_interruption": "cordon"})
     assert planning.plan(notice, custom, T0).step_names == ["event", "taint", "cordon", "exclude_from_load_balancers"]
-    assert planning.plan(notice, DEFAULT, T0).steps[1] == plans.Taint("spotq.io/capacity-reservation-interruption", "NoSchedule")
+    assert planning.plan(notice, DEFAULT, T0).steps[1] == plans.Taint(
+        "spotq.io/capacity-reservation-interruption", "NoSchedule"
+    )

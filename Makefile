@@ -32,9 +32,9 @@ testenv-gomod:
 	bash testenv/gen-gomod.sh
 
 lint: venv
-	$(VENV)/bin/ruff check spotq testenv tests bench
-	$(VENV)/bin/ruff format --check spotq testenv tests bench
-	$(VENV)/bin/mypy spotq testenv bench
+	$(VENV)/bin/ruff check spotq testenv tests bench faults
+	$(VENV)/bin/ruff format --check spotq testenv tests bench faults
+	$(VENV)/bin/mypy spotq testenv bench faults
 	$(VENV)/bin/lint-imports
 
 test: venv testenv lint

@@ -192,8 +192,8 @@ async def run(
         async def ready() -> tuple[bool, str]:
             if not core.index.synced.is_set():
                 return False, "node index not synced"
-            if replicas is not None and not replicas.holding():
-                return False, "replica lease not renewed"
+            if replicas is not None and not replicas.held():
+                return False, "replica lease not held (see the log: RBAC for leases, or the API server)"
             return await source.ready()
 
         runner, port = await probes.serve(probes.make_app(ready), settings.server.address, settings.server.port)

@@ -85,6 +85,7 @@ class ReplicaLeases:
         self._current = False
         self._changed = asyncio.Condition()
         self._lost = asyncio.Event()
+        self._held_once = False
         self._watchdog: asyncio.TimerHandle | None = None
 
     # -- ports.Replicas ------------------------------------------------------------------------------------------
@@ -116,11 +117,15 @@ class ReplicaLeases:
     async def lost(self) -> None:
         await self._lost.wait()
 
+    def held(self) -> bool:
+        """This replica's Lease is written and renewed in time (readiness)."""
+        return self._held_once and self.holding()
+
     # -- holding this replica's Lease ----------------------------------------------------------------------------
 
     async def run(self) -> None:
         """Renew this replica's Lease and mirror everyone's, until cancelled."""
-        self._renewed(asyncio.get_running_loop().time())  # until the first renewal: a Lease's grace, as others give
+        self._arm(asyncio.get_running_loop().time())  # until the first renewal: a Lease's grace, as others give
         resource = watching.Resource(
             "leases",
             self._path,
@@ -229,6 +234,10 @@ class ReplicaLeases:
     def _renewed(self, sent: float) -> None:
         """The others see this renewal no earlier than it was sent: until a fifth of a Lease before it expires from
         there, this replica may go on draining."""
+        self._held_once = True
+        self._arm(sent)
+
+    def _arm(self, sent: float) -> None:
         self._lost.clear()
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -236,6 +245,11 @@ class ReplicaLeases:
         self._watchdog = loop.call_at(sent + self._seconds - self.renew_every_seconds, self._expire)
 
     def _expire(self) -> None:
+        if not self._held_once:
+            # Never written (no RBAC for Leases?): nobody saw it live, so nobody waits on it. Drains go on rather
+            # than none at all; readiness says what is wrong, and the renewal's warning how to fix it.
+            log.error("replica lease never written: drains are not coordinated", extra={"lease": self._name})
+            return
         if not self._lost.is_set():
             log.warning("replica lease not renewed in time: drains here stop", extra={"lease": self._name})
         self._lost.set()

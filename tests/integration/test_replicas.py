@@ -220,7 +220,7 @@ class Audit:
     drainers: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     first_drain_request: dict[tuple[str, str], float] = field(default_factory=dict)  # (replica, node) → time
     by_replica: Counter[str] = field(default_factory=Counter)
-    lease_requests: Counter[str] = field(default_factory=Counter)  # replica → Lease requests
+    lease_times: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # replica → Lease requests
 
     @classmethod
     def read(cls, path: Path) -> Audit:
@@ -235,8 +235,8 @@ class Audit:
             ref = event.get("objectRef") or {}
             code = int((event.get("responseStatus") or {}).get("code", 0))
             at = datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")).timestamp()
-            if ref.get("resource") == "leases":
-                audit.lease_requests[replica] += 1
+            if ref.get("resource") == "leases" and event.get("verb") != "watch":
+                audit.lease_times[replica].append(at)
             if ref.get("resource") == "pods" and ref.get("subresource") == "eviction" and 200 <= code < 300:
                 audit.evictions[f"{ref.get('namespace')}/{ref.get('name')}"] += 1
             if ref.get("resource") == "pods" and not ref.get("subresource") and event.get("verb") in ("list", "watch"):
@@ -246,6 +246,10 @@ class Audit:
                     audit.drainers[node].add(replica)
                     audit.first_drain_request.setdefault((replica, node), at)
         return audit
+
+    def lease_requests_per_second(self, replica: str) -> float:
+        times = sorted(self.lease_times[replica])
+        return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
 
     def evicted_twice(self) -> list[str]:
         return sorted(pod for pod, count in self.evictions.items() if count > 1)
@@ -301,6 +305,10 @@ def test_a_wave_delivered_twice_to_two_replicas_evicts_each_pod_once_and_drains_
     print(
         f"evictions accepted: {sum(audit.evictions.values())} for {len(audit.evictions)} pods; drainers per node: "
         f"{ {n: sorted(audit.drainers.get(n, ())) for n in names} }"
+    )
+    print(
+        "lease requests per second (create, update, get; the one watch aside): "
+        + ", ".join(f"{r}: {audit.lease_requests_per_second(r):.2f}" for r in REPLICAS)
     )
     assert audit.evicted_twice() == []
     assert audit.drained_twice(names) == []

@@ -170,16 +170,30 @@ async def test_while_the_lease_watch_is_broken_nobody_is_taken_over() -> None:
 
 async def test_a_replica_that_cannot_renew_lets_go_before_the_others_could_see_it_expire() -> None:
     refused = [ApiError(403, "Forbidden", "leases is forbidden") for _ in range(20)]
-    transport = FakeTransport(answers={"create_lease": refused, "list_leases": [listing()]})
+    transport = FakeTransport(
+        answers={"create_lease": [lease("a")], "update_lease": refused, "list_leases": [listing()]}
+    )
     leases = ReplicaLeases(transport, NS, "a", lease_seconds=1.0)
     loop = asyncio.get_running_loop()
-    started = loop.time()
     async with running(leases):
-        assert leases.holding()  # a Lease's grace from the start, as the others give a claim without one
+        await transport.wait_for_calls("create_lease", 1)
+        written = loop.time()
+        await asyncio.sleep(0)
+        assert leases.held()
         async with asyncio.timeout(5):
             await leases.lost()
-        assert 0.7 <= loop.time() - started < 1.0  # a fifth of the Lease before it could look expired
-        assert not leases.holding()
+        assert 0.7 <= loop.time() - written < 1.0  # a fifth of the Lease before it could look expired
+        assert not leases.holding() and not leases.held()
+
+
+async def test_a_lease_never_written_does_not_stop_drains_but_is_not_ready() -> None:
+    """No RBAC for Leases: nobody saw this replica's Lease live, so nobody waits on it; draining goes on."""
+    refused = [ApiError(403, "Forbidden", "leases is forbidden") for _ in range(20)]
+    transport = FakeTransport(answers={"create_lease": refused, "list_leases": [listing()]})
+    leases = ReplicaLeases(transport, NS, "a", lease_seconds=1.0)
+    async with running(leases):
+        await transport.wait_for_calls("create_lease", 6)  # past the Lease's duration
+        assert leases.holding() and not leases.held()
 
 
 async def test_a_clean_stop_deletes_this_replicas_lease() -> None:

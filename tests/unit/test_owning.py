@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from spotq import owning
@@ -112,3 +113,19 @@ async def test_of_two_replicas_claiming_at_once_the_second_reads_the_winner_and_
 def test_the_index_reads_the_drainer_from_the_node() -> None:
     ref = node_ref(node("3", {"spotq.io/drain": "started", "spotq.io/drainer": "spotq-7d9f-x"}), parse(""))
     assert DrainRecord.of(ref) == DrainRecord("spotq-7d9f-x", "started")
+
+
+def test_only_queue_mode_in_a_pods_namespace_coordinates_replicas() -> None:
+    from spotq import app
+    from spotq.settings import Settings
+
+    in_pod = {"pod_name": "spotq-7d9f-x", "pod_namespace": "kube-system"}
+    assert app.replica_identity(Settings(kube=in_pod), "queue") == "spotq-7d9f-x"  # type: ignore[arg-type]
+    assert app.replica_identity(Settings(kube=in_pod), "imds") is None  # type: ignore[arg-type]
+    assert app.replica_identity(Settings(), "queue") is None  # make demo: no namespace, one replica as before
+    off = {**in_pod, "replica_lease_seconds": 0}
+    assert app.replica_identity(Settings(kube=off), "queue") is None  # type: ignore[arg-type]
+    dry = Settings(kube=in_pod, policy={"dry_run": True})  # type: ignore[arg-type]
+    assert app.replica_identity(dry, "queue") is None
+    unnamed = app.replica_identity(Settings(kube={"pod_namespace": "ns"}), "queue")  # type: ignore[arg-type]
+    assert unnamed is not None and unnamed.endswith(f"-{os.getpid()}")

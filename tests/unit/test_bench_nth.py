@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bench import figures, nth, report
+from bench import figures, nth, nth_build, report
 from bench.audit import AuditLog
 from bench.aws_router import AwsRouter, action_of, service_of
 from bench.observing import Observer
@@ -240,3 +240,44 @@ def test_nth_sees_its_token_at_the_in_cluster_path_and_the_machine_does_not(tmp_
     assert all(name in log for name in run_before)  # the rest of /run is still there for it
     assert sorted(os.listdir("/run")) == run_before  # and nothing changed outside its namespace
     assert Path("/run/secrets").exists() == secrets_before
+
+
+# -- the build ------------------------------------------------------------------------------------------------
+
+
+def test_build_is_skipped_with_one_line_when_the_archive_is_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SPOTQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SPOTQ_PEERS", str(tmp_path / "peers"))
+    said: list[str] = []
+    assert nth_build.build(said.append) is None
+    assert said == [f"NTH skipped: no archive at {tmp_path / 'peers' / nth_build.ARCHIVE} (set SPOTQ_PEERS to the "
+                    f"folder holding {nth_build.ARCHIVE})"]  # fmt: skip
+
+
+def test_build_is_skipped_without_go_or_with_another_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPOTQ_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SPOTQ_PEERS", str(tmp_path))
+    (tmp_path / nth_build.ARCHIVE).write_bytes(b"not the archive")
+    said: list[str] = []
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert nth_build.build(said.append) is None
+    monkeypatch.setattr(nth_build.shutil, "which", lambda name: "/usr/bin/go")
+    assert nth_build.build(said.append) is None
+    assert said[0] == "NTH skipped: no Go toolchain on PATH (needed to build it from the archive)"
+    assert said[1].startswith(f"NTH skipped: {tmp_path / nth_build.ARCHIVE} has sha256 ")
+
+
+def test_a_complete_build_in_the_cache_is_used_as_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPOTQ_CACHE", str(tmp_path))
+    target = tmp_path / "tools" / f"nth-{nth_build.VERSION}-{nth_build.ARCHIVE_SHA256[:12]}"
+    assert nth_build.tool_dir() == target
+    target.mkdir(parents=True)
+    (target / "nth").write_text("#!/bin/sh\n")
+    (target / "nth").chmod(0o755)
+    assert nth_build.built() is None  # no .complete stamp: a build that did not finish
+    (target / ".complete").write_text("2026-01-01T00:00:00Z\n")
+    said: list[str] = []
+    assert nth_build.build(said.append) == target / "nth"
+    assert said == []

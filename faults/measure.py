@@ -10,7 +10,8 @@ Definitions (every scenario):
 * **nodes drained before the deadline**: interrupted nodes seen with no workload pod before the deadline;
 * **PDB violations**: episodes in which the PDB's status had currentHealthy below desiredHealthy;
 * **LOST**: an interruption whose every message (each copy of its warning, a state change) was deleted from the
-  queue while its node still had pods, before the deadline: nothing would bring its drain back;
+  queue before the deadline while its node still had pods (seen by a poll sent after the delete was confirmed):
+  nothing in the queue would bring its drain back;
 * **duplicate evictions**: pods with more than one accepted eviction;
 * **duplicate drains**: nodes drained by two processes at the same time (their pod requests for the node overlap
   in time, audit log), or drained again after the drain was on record as finished;
@@ -197,7 +198,7 @@ def figure(
         stamps = [deleted[m] for m in item.messages if m in deleted]
         if item.messages and len(stamps) == len(item.messages):
             last = max(stamps)
-            left = seen.pods_at(last)
+            left = poller.pods_seen_after(item.node, last)
             if last < item.deadline and left:
                 lost.append({"node": item.node, "deleted_at": round(last - item.event_time, 1), "pods_left": left})
         why = _duplicate_drain(item.node, seen, audit)

@@ -89,6 +89,7 @@ class ClusterPoller:
         self.nodes: dict[str, NodeSeen] = {name: NodeSeen() for name in nodes}
         self.budgets: dict[str, BudgetSeen] = {}
         self.gaps: list[tuple[float, float]] = []  # (from, to) when polls failed
+        self.poll_times: list[float] = []  # when each successful poll's pod list was sent
         self.polls = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -111,6 +112,15 @@ class ClusterPoller:
         except Exception:
             return False
         return True
+
+    def pods_seen_after(self, node: str, when: float) -> int | None:
+        """Workload pods on `node` as the first poll sent after `when` saw them (None: no poll since)."""
+        with self._lock:
+            seen = self.nodes.get(node)
+            later = next((p for p in self.poll_times if p >= when), None)
+            if seen is None or later is None:
+                return None
+            return seen.pods_at(later)
 
     def unfinished(self, names: list[str]) -> list[str]:
         """Of `names`, the nodes that still carry pods or whose drain is not on record as over."""
@@ -146,11 +156,15 @@ class ClusterPoller:
             self.gaps.append((failing_since, time.time()))
 
     def _poll(self) -> None:
+        # Each state is stamped with when its list was sent: what it shows was true at that moment or later, so a
+        # pod seen on a node at stamp s was still there at s (no poll lag counts against spotq).
         ns = self.namespace
+        nodes_at = time.time()
         nodes = self._client.list_items("/api/v1/nodes")
-        pods = self._client.list_items(f"/api/v1/namespaces/{ns}/pods")
-        pdbs = self._client.list_items(f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets")
         now = time.time()
+        pods = self._client.list_items(f"/api/v1/namespaces/{ns}/pods")
+        pdbs_at = time.time()
+        pdbs = self._client.list_items(f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets")
         bound: dict[str, int] = {}
         for pod in pods:
             node = (pod.get("spec") or {}).get("nodeName") or ""
@@ -158,11 +172,12 @@ class ClusterPoller:
         present = {n["metadata"]["name"]: n for n in nodes}
         with self._lock:
             self.polls += 1
+            self.poll_times.append(now)
             for name, seen in self.nodes.items():
                 node = present.get(name)
                 if node is None:
                     if seen.pods and seen.deleted is None:
-                        seen.deleted = now
+                        seen.deleted = nodes_at
                     continue
                 count = bound.get(name, 0)
                 if not seen.pods or seen.pods[-1][1] != count:
@@ -171,17 +186,17 @@ class ClusterPoller:
                 spec = node.get("spec") or {}
                 tainted = any(str(t.get("key", "")).startswith(TAINT_PREFIX) for t in spec.get("taints") or [])
                 if seen.marked is None and tainted and spec.get("unschedulable"):
-                    seen.marked = now
+                    seen.marked = nodes_at
                 for key, series in ((DRAIN, seen.drain), (DRAINER, seen.drainer)):
                     value = annotations.get(key)
                     if value is not None and (not series or series[-1][1] != value):
-                        series.append((now, value))
+                        series.append((nodes_at, value))
             for pdb in pdbs:
                 status = pdb.get("status") or {}
                 if "desiredHealthy" not in status:
                     continue
                 seen_budget = self.budgets.setdefault(pdb["metadata"]["name"], BudgetSeen())
-                sample = (now, int(status.get("currentHealthy", 0)), int(status["desiredHealthy"]))
+                sample = (pdbs_at, int(status.get("currentHealthy", 0)), int(status["desiredHealthy"]))
                 if not seen_budget.samples or seen_budget.samples[-1][1:] != sample[1:]:
                     seen_budget.samples.append(sample)
 

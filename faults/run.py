@@ -36,6 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pods-per-node", type=int, default=4)
     parser.add_argument("--grace", type=int, default=5, help="the pods' termination grace, s")
     parser.add_argument("--max-unavailable", default="10%", help="the PDB's maxUnavailable (default 10%%)")
+    parser.add_argument("--ready-delay", type=float, default=3.0, help="s from a pod's binding to Ready")
     parser.add_argument("--restart-delay", type=float, default=5.0, help="kill -9 → restart, s (spotq, API server)")
     parser.add_argument("--apiserver-pause", type=float, default=20.0, help="SIGSTOP → SIGCONT, s")
     parser.add_argument("--sqs-outage", type=float, default=45.0, help="SQS hung / refusing, s")
@@ -57,6 +58,7 @@ def options(args: argparse.Namespace) -> Options:
         pods_per_node=args.pods_per_node,
         grace_seconds=args.grace,
         max_unavailable=args.max_unavailable,
+        ready_delay=args.ready_delay,
         restart_delay=args.restart_delay,
         apiserver_pause=args.apiserver_pause,
         sqs_outage=args.sqs_outage,

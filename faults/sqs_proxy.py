@@ -39,6 +39,7 @@ class QueueRecord:
     deleted: dict[str, float] = field(default_factory=dict)  # message id → first confirmed delete
     calls: dict[str, int] = field(default_factory=dict)  # action → requests
     failures: dict[str, int] = field(default_factory=dict)  # action → answers that were not 2xx (or no answer)
+    receives_ok: list[tuple[float, float]] = field(default_factory=list)  # (arrived, answered) of 2xx receives
 
     def as_dict(self) -> dict[str, Any]:
         return {"calls": dict(self.calls), "failures": dict(self.failures), "deleted": len(self.deleted)}
@@ -142,6 +143,7 @@ class SqsProxy:
     # -- forwarding ---------------------------------------------------------------------------------------------
 
     def _forward(self, request: http.server.BaseHTTPRequestHandler) -> None:
+        arrived = time.time()
         body = request.rfile.read(int(request.headers.get("Content-Length") or 0))
         action = _action(request.headers)
         self._count("calls", action)
@@ -158,7 +160,7 @@ class SqsProxy:
             connection.close()
         self._open.wait()  # held while upstream answered: the answer waits too
         if 200 <= status < 300:
-            self._note(action, body, data, time.time())
+            self._note(action, body, data, time.time(), arrived)
         else:
             self._count("failures", action)
         request.send_response(status)
@@ -174,7 +176,7 @@ class SqsProxy:
             counts = self.record.calls if what == "calls" else self.record.failures
             counts[action] = counts.get(action, 0) + 1
 
-    def _note(self, action: str, body: bytes, data: bytes, now: float) -> None:
+    def _note(self, action: str, body: bytes, data: bytes, now: float, arrived: float) -> None:
         try:
             sent = json.loads(body or b"{}")
             answer = json.loads(data or b"{}")
@@ -183,6 +185,7 @@ class SqsProxy:
         record = self.record
         with self._lock:
             if action == "ReceiveMessage":
+                record.receives_ok.append((arrived, now))
                 for message in answer.get("Messages") or []:
                     mid = str(message.get("MessageId"))
                     record.handles[str(message.get("ReceiptHandle"))] = mid
@@ -199,6 +202,12 @@ class SqsProxy:
         mid = self.record.handles.get(handle)
         if mid is not None:
             self.record.deleted.setdefault(mid, now)
+
+    def receiving_again(self, after: float) -> float | None:
+        """From `after` on, the first moment a ReceiveMessage was pending that the endpoint then answered 2xx
+        (one that arrived before and was answered after counts from `after`): spotq receives again."""
+        with self._lock:
+            return min((max(a, after) for a, done in self.record.receives_ok if done >= after), default=None)
 
     def deleted(self) -> dict[str, float]:
         with self._lock:

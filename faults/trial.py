@@ -26,6 +26,7 @@ class Options:
     pods_per_node: int = 4
     grace_seconds: int = 5
     max_unavailable: str = "10%"
+    ready_delay: float = 3.0
     restart_delay: float = 5.0  # kill -9 → restart of spotq (a container restart)
     apiserver_pause: float = 20.0
     sqs_outage: float = 45.0
@@ -35,11 +36,14 @@ class Options:
     replicas: tuple[int, ...] = (2, 3)
     tail: float = 30.0  # how long after the deadline a scenario may still wait for the wave to settle
     quiet: bool = False
+    recovery: float = 60.0  # how long, at the end, a serving process may take to answer /readyz 200 again
+    wait_for_queue: bool = True  # settle only once the queue is empty too (False: once the drains are over)
     settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def shape(self) -> Shape:
-        return Shape(self.nodes, self.pods_per_node, self.grace_seconds, self.max_unavailable)
+        return Shape(self.nodes, self.pods_per_node, self.grace_seconds, self.max_unavailable,
+                     ready_delay=self.ready_delay)  # fmt: skip
 
 
 def say(text: str) -> None:
@@ -131,7 +135,7 @@ class Trial:
     def settled(self) -> bool:
         if self.poller.unfinished([i.node for i in self.interruptions]):
             return False
-        return self.env.sqs.depth() == 0
+        return not self.opts.wait_for_queue or self.env.sqs.depth() == 0
 
     def settle(self, *, until: float | None = None) -> bool:
         """Until every interrupted node is drained and on record as finished and the queue is empty, or `until`
@@ -145,6 +149,11 @@ class Trial:
         """Stop observing and every process, then count. `serving`: the processes that should be up and ready at
         the end (default: the live ones)."""
         alive = serving if serving is not None else [p for p in self.env.processes if p.alive()]
+        # Stuck or slow? Give each serving process up to `recovery` s to say ready again after the fault.
+        self.wait(
+            "every serving process ready", lambda: all(p.alive() and p.process.get("/readyz")[0] == 200 for p in alive),
+            self.opts.recovery, every=1.0,
+        )  # fmt: skip
         time.sleep(1.5)  # a last sample of each process
         self.sampler.stop()
         queue_left = self.env.sqs.depth()
@@ -166,6 +175,7 @@ class Trial:
             "pods_per_node": self.wave.shape.pods_per_node,
             "grace_seconds": self.wave.shape.grace_seconds,
             "pdb_max_unavailable": self.wave.shape.max_unavailable,
+            "pod_ready_delay_seconds": self.wave.shape.ready_delay,
         }
         found.details["seconds"] = round(time.time() - self.started, 1)
         self.audit = audit

@@ -3,8 +3,9 @@ be down at once, on-demand spares with room for every replacement, and the bodie
 
 While the Deployment is placed the spares are cordoned and the Spot nodes accept exactly P pods (allocatable pods
 = P), so every Spot node starts with P pods; then the spares take the replacements. The PDB (maxUnavailable,
-default 10 %) makes a drain of the wave take a while — replacements must be Ready before the next eviction is
-allowed — so there is a "mid-wave" in which to inject a fault.
+default 10 %) makes a drain of the wave take a while — replacements must be Ready (3 s after binding by default,
+an app that starts in seconds) before the next eviction is allowed — so there is a "mid-wave" in which to inject a
+fault.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Shape:
     max_unavailable: str = "10%"
     spares: int | None = None  # on-demand nodes for the replacements (default: enough for every pod)
     room: int = 0  # pods each Spot node accepts beyond P; with room the layout is the scheduler's, not exact
+    ready_delay: float = 3.0  # s from a pod's binding to Ready (kwok): how long a replacement takes to serve
 
     @property
     def pods(self) -> int:
@@ -127,9 +129,11 @@ class Wave:
         for spare in self.spares:
             cluster.cordon(spare.node_name)
         cluster.create_namespace(self.namespace)
+        budget = int(shape.max_unavailable) if shape.max_unavailable.isdigit() else shape.max_unavailable
         workloads.create_deployment_with_pdb(
-            client, self.namespace, APP, shape.pods, max_unavailable=shape.max_unavailable,
+            client, self.namespace, APP, shape.pods, max_unavailable=budget,
             termination_grace_period_seconds=shape.grace_seconds, cpu_request="10m", memory_request="16Mi",
+            annotations={"pod-ready.stage.kwok.x-k8s.io/delay": f"{round(shape.ready_delay * 1000)}ms"},
         )  # fmt: skip
         workloads.wait_deployments_ready(client, self.namespace, [APP], timeout=600)
         counts = self.pods_by_node()

@@ -50,7 +50,7 @@ def rolling_update(env: Environment, opts: Options) -> Figures:
     trial = Trial(env, opts, "rolling-update", "SIGTERM mid-wave, the new process already up")
     old = env.spotq("spotq-old")
     trial.interrupt()
-    trial.mid_wave(0.2)
+    trial.mid_wave(0.05)  # early: the drains outlast the old process's stop grace (20 s), there is work to hand over
     new = env.spotq("spotq-new")
     terminated = old.terminate()
     code = old.wait_exit(90)

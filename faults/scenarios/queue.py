@@ -44,12 +44,22 @@ def _outage(
     trial.settle()
     found = trial.finish(serving=[proc])
     ready = trial.sampler.ready_again(proc.label, ended)
-    measure.resumed(found, {"readiness": None if ready is None else ready - ended}, "endpoint back → /readyz 200 again")
+    receive = env.sqs.proxy.receiving_again(ended)
+    measure.resumed(
+        found, {"receiving": None if receive is None else receive - ended},
+        "endpoint back → a ReceiveMessage of spotq's pending that succeeds (at the proxy)",
+    )  # fmt: skip
     accepted = trial.audit.accepted(trial.wave.namespace)
     found.details.update(
         {
             "outage": detail if isinstance(detail, str) else how,
             "outage_began_seconds": round(began - trial.wave.event_time, 1),
+            "ready_again_after_seconds": None if ready is None else round(ready - ended, 1),
+            "receives_around_outage": [
+                (round(a - ended, 1), round(done - ended, 1))
+                for a, done in env.sqs.proxy.record.receives_ok
+                if began - 25 <= done <= ended + 60
+            ],
             "not_ready_samples_during_outage": trial.sampler.not_ready(proc.label, began + 3, ended),
             "evictions_during_outage": sum(1 for done in accepted.values() if began <= done[0].at <= ended),
             "drains_finished_during_outage": sum(
@@ -80,7 +90,8 @@ def duplicates(env: Environment, opts: Options) -> Figures:
 def poison_flood(env: Environment, opts: Options) -> Figures:
     """`flood` bad bodies with `flood_real` real warnings among them, all sent at once: every real node marked and
     drained in time, every bad body deleted, no crash."""
-    shape = Shape(opts.flood_real, opts.pods_per_node, opts.grace_seconds, opts.max_unavailable)
+    shape = Shape(opts.flood_real, opts.pods_per_node, opts.grace_seconds, opts.max_unavailable,
+                  ready_delay=opts.ready_delay)  # fmt: skip
     trial = Trial(env, opts, "poison-flood", f"{opts.flood} bad bodies with {opts.flood_real} real warnings",
                   shape=shape)  # fmt: skip
     proc = env.spotq("spotq-0")

@@ -23,7 +23,7 @@ from faults.wave import Shape
 def soak(env: Environment, opts: Options) -> Figures:
     minutes = opts.soak_minutes
     shape = Shape(opts.nodes, opts.pods_per_node, opts.grace_seconds, opts.max_unavailable, spares=0,
-                  room=opts.pods_per_node)  # fmt: skip
+                  room=opts.pods_per_node, ready_delay=opts.ready_delay)  # fmt: skip
     trial = Trial(env, opts, "soak", f"{minutes:g} min of random interruptions", shape=shape)
     proc = env.spotq("spotq-0")
     rng = random.Random(7)

@@ -1,0 +1,60 @@
+"""The fault report's process scenarios that fit in seconds (faults/scenarios/process.py), each on a fresh environment
+of its own: an audited control plane, moto's SQS behind the recording proxy, spotq as real processes with a
+ServiceAccount each. Every figure comes from the cluster (polled), the API server's audit log and the queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faults.env import Environment
+from faults.measure import Figures
+from faults.scenarios import process
+from faults.trial import Options
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Environment]:
+    environment = Environment.create(tmp_path / "env", sqs="moto")
+    try:
+        yield environment
+    finally:
+        environment.close()
+
+
+def small(**changes: object) -> Options:
+    """Three nodes of four pods, one pod of the PDB down at a time: drains that last long enough to be hit."""
+    base: dict[str, object] = {"nodes": 3, "pods_per_node": 4, "max_unavailable": "1", "quiet": True}
+    return Options(**(base | changes))  # type: ignore[arg-type]
+
+
+def shown(found: Figures) -> str:
+    doc = found.as_dict()
+    return str({k: doc[k] for k in ("lost", "duplicate_evictions", "duplicate_drains", "resume_seconds",
+                                     "resume_never", "stuck_why", "targets")})  # fmt: skip
+
+
+def test_kill_9_mid_wave_then_restart_resumes_every_drain_within_5_s(env: Environment) -> None:
+    # The killed process's messages stay invisible for the 60 s visibility timeout: only the nodes' records can
+    # bring the drains back in time. The test ends with the drains (the queue empties a minute later).
+    found = process.kill_restart(env, small(restart_delay=2.0, wait_for_queue=False))
+    print(shown(found))
+    assert found.details["unfinished_at_kill"] > 0
+    assert found.resume_never == 0
+    assert found.resume_seconds is not None and found.resume_seconds <= 5
+    assert (found.lost, found.duplicate_evictions, found.duplicate_drains, found.pdb_violations) == (0, 0, 0, 0)
+    assert found.drained_before_deadline == found.interruptions
+
+
+def test_sigterm_mid_wave_with_the_new_process_up_loses_nothing_and_hands_over(env: Environment) -> None:
+    # One pod at a time, Ready 3 s after binding: the drains outlast the old process's 20 s stop grace.
+    found = process.rolling_update(env, small())
+    print(shown(found))
+    assert found.details["old_exit_code"] == 0
+    assert found.resume_never == 0
+    assert found.missed() == []

@@ -1,0 +1,68 @@
+"""The fault report's queue scenarios that fit in seconds (faults/scenarios/queue.py), each on a fresh environment of
+its own (an audited control plane, moto's SQS behind the recording proxy, spotq as a real process), with short
+outages and a small flood. Every figure comes from the cluster, the audit log and the queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from faults.env import Environment
+from faults.measure import Figures
+from faults.scenarios import queue
+from faults.trial import Options
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Environment]:
+    environment = Environment.create(tmp_path / "env", sqs="moto")
+    try:
+        yield environment
+    finally:
+        environment.close()
+
+
+def small(**changes: object) -> Options:
+    base: dict[str, object] = {"nodes": 3, "pods_per_node": 4, "max_unavailable": "1", "quiet": True}
+    return Options(**(base | changes))  # type: ignore[arg-type]
+
+
+def shown(found: Figures) -> str:
+    doc = found.as_dict()
+    return str({k: doc[k] for k in ("lost", "duplicate_evictions", "duplicate_drains", "resume_seconds",
+                                     "stuck_why", "targets")} | {"details": doc["details"].get("duplicate_drains")})  # fmt: skip
+
+
+def test_every_warning_three_times_and_a_state_change_drain_each_node_once(env: Environment) -> None:
+    found = queue.duplicates(env, small())
+    print(shown(found))
+    assert found.details["messages"] == 3 * 4
+    assert found.missed() == []
+    assert found.drained_before_deadline == found.interruptions
+
+
+def test_a_flood_of_bad_bodies_delays_no_real_warning_and_every_body_is_deleted(env: Environment) -> None:
+    found = queue.poison_flood(env, small(flood=120, flood_real=3))
+    print(shown(found), found.details["all_real_marked_seconds"], found.details["all_deleted_seconds"])
+    assert found.details["bad_deleted"] == 120
+    assert found.tracebacks == 0
+    assert found.missed() == []
+    assert found.marked == found.drained_before_deadline == 3
+
+
+def test_an_sqs_endpoint_refusing_connections_for_a_while_loses_nothing_and_spotq_recovers(env: Environment) -> None:
+    found = queue.sqs_refused(env, small(sqs_outage=10.0))
+    print(shown(found))
+    assert found.missed() == []
+    assert found.details["evictions_during_outage"] > 0  # the drains went on without SQS
+
+
+def test_a_hung_sqs_endpoint_loses_nothing_and_spotq_recovers(env: Environment) -> None:
+    found = queue.sqs_hung(env, small(sqs_outage=10.0))
+    print(shown(found))
+    assert found.missed() == []

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from spotq import clock, draining, owning, plans, records
+from spotq import clock, draining, owning, planning, plans, records
 from spotq.budgets import Budgets
 from spotq.draining import DrainDeadline, DrainOptions, DrainReport
 from spotq.errors import PermanentError, TransientError
-from spotq.notices import LifecycleHook, Notice
+from spotq.notices import LifecycleHook, Notice, StateChange
 from spotq.observability import logs, metrics
 from spotq.ports import (
     DrainRecord,
@@ -100,6 +100,9 @@ class Actor:
         hook = complete.hook if isinstance(complete, plans.CompleteLifecycle) and not complete.when_node_ready else None
         if node is not None and plan.find(plans.Release):
             await self._release(node, notice, log)
+        returned = plan.find(plans.ReleaseOnReturn)
+        if node is not None and isinstance(returned, plans.ReleaseOnReturn):
+            await self._release_on_return(node, notice, returned.returned_at, log)
         if node is not None:
             marks = self._marks(plan, notice)
             record: DrainRecord | None = None
@@ -156,6 +159,32 @@ class Actor:
         if released:
             await self._events.node_event(node, "NoticeEnded", f"{notice.kind.value} {notice.event_id} ended: released")
 
+    async def _release_on_return(self, node: NodeRef, notice: Notice, returned_at: datetime, log: logs.Context) -> None:
+        """A stopped or hibernated instance is back: its node's marks come off where every notice on record meant
+        that stop and came before `returned_at` (planning.returned_from_stop, decided again on the node as it is
+        when written). A drain of the node still running (it waits for pods of a stopped kubelet) ends first."""
+        running = self._drains.get(node.name)
+        if running is not None:
+            log.info("instance returned while its drain runs: released once the drain ends")
+            with contextlib.suppress(Exception):
+                await asyncio.shield(running[0])
+
+        def may_release(on_record: tuple[NoticeRecord, ...]) -> bool:
+            return planning.returned_from_stop(on_record, returned_at)
+
+        released = await self._writer.release_if(self._index.by_name(node.name) or node, may_release)
+        if not released:
+            log.info("instance returned; no marks of a stop alone to release")
+            return
+        log.info("marks released: the stopped instance returned")
+        state = notice.state if isinstance(notice, StateChange) else ""
+        await self._events.node_event(
+            node,
+            "NoticeEnded",
+            f"instance {node.instance_id or ''} is {state} again since {returned_at.isoformat()}: the stop it was "
+            "marked for is over; released",
+        )
+
     def _first_sighting(self, node: NodeRef, notice: Notice) -> bool:
         """True once per notice and node: not when the node's record already names it (a redelivery, or a
         restarted spotq), nor when this process announced it already."""
@@ -181,8 +210,15 @@ class Actor:
             taints=tuple((step.key, value, step.effect) for step in plan.steps if isinstance(step, plans.Taint)),
             cordon=plan.find(plans.Cordon) is not None,
             exclude_from_load_balancers=plan.find(plans.ExcludeFromLoadBalancers) is not None,
-            record=NoticeRecord(notice.kind, notice.event_id, deadline=plan.deadline, noticed_at=clock.now()),
+            record=NoticeRecord(
+                notice.kind,
+                notice.event_id,
+                deadline=plan.deadline,
+                noticed_at=clock.now(),
+                detail=planning.record_detail(notice),
+            ),
             drain_started=plan.drains,
+            overrides_detail=planning.overrides_stop(notice),
             # The mark that records a drain's start claims it for this replica: no request of its own.
             drainer=self._replicas.identity if self._replicas is not None and plan.drains else None,
         )

@@ -7,7 +7,16 @@ from datetime import datetime, timedelta
 
 from spotq import notices, plans
 from spotq.notices import Kind, Notice
+from spotq.ports import NoticeRecord
 from spotq.settings import ActionLevel, Settings
+
+# An instance in one of these states is (coming) back: a stop it was marked for is over.
+RETURNED_STATES = frozenset({"pending", "running"})
+# The notices, by kind and what they said (NoticeRecord.detail), that mean the instance stops and may come back.
+STOPPING_DETAILS: dict[Kind, frozenset[str]] = {
+    Kind.SPOT_INTERRUPTION: frozenset({"stop", "hibernate"}),
+    Kind.STATE_CHANGE: frozenset({"stopping", "stopped"}),
+}
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,45 @@ def hook_group_ours(group_name: str, policy: Policy) -> bool:
     )
 
 
+def record_detail(notice: Notice) -> str | None:
+    """What spotq records of a notice beside its id (NoticeRecord.detail): a Spot warning's action, a state
+    change's state; None for the other kinds."""
+    if isinstance(notice, notices.SpotInterruption | notices.CapacityReservationInterruption):
+        return notice.action or None
+    if isinstance(notice, notices.StateChange):
+        return notice.state or None
+    return None
+
+
+def overrides_stop(notice: Notice) -> bool:
+    """A notice of a kind that can mean a stop which says the instance goes for good (a terminate warning, a
+    state change to shutting-down or terminated): its detail replaces a stop already on record, so that a later
+    running event releases nothing."""
+    detail = record_detail(notice)
+    stops = STOPPING_DETAILS.get(notice.kind)
+    return detail is not None and stops is not None and detail not in stops
+
+
+def returned_from_stop(records: tuple[NoticeRecord, ...], returned_at: datetime) -> bool:
+    """Whether an instance back at `returned_at` (its pending/running event's time) gets its node's marks released:
+    there are records, every one is a stop (STOPPING_DETAILS) and was noticed before `returned_at`. A terminate
+    warning, a lifecycle hook, a scheduled change or a record older than `detail` keeps every mark, and so does a
+    late or reordered running event (its time not after a notice spotq has on record).
+
+    A record's time is when spotq noticed it (`noticed_at`), or its deadline where it has none: a state change's
+    deadline is spotq's own drain limit, not a time the instance keeps, so an instance started again within it
+    is still released."""
+    if not records:
+        return False
+    for record in records:
+        if record.detail is None or record.detail not in STOPPING_DETAILS.get(record.kind, frozenset()):
+            return False
+        seen = record.noticed_at or record.deadline
+        if seen is None or returned_at <= seen:
+            return False
+    return True
+
+
 def launch_deadline(notice: notices.LifecycleLaunch, policy: Policy, received_at: datetime) -> datetime:
     """Until when a launch hook is held for its node to join and go Ready: the hook's own timeout is near then."""
     return (notice.event_time or received_at) + policy.launch_wait
@@ -83,6 +131,11 @@ def plan(notice: Notice, policy: Policy, received_at: datetime) -> plans.Plan:
         if policy.complete_lifecycle_launch:
             steps.append(plans.CompleteLifecycle(notice.hook, when_node_ready=True))
         return plans.Plan(tuple(steps), launch_deadline(notice, policy, received_at))
+    if isinstance(notice, notices.StateChange) and notice.state in RETURNED_STATES:
+        # A stopped or hibernated instance that returns: marks set for its stop alone come off (nothing else).
+        if notice.event_time is None:
+            return plans.Plan((), deadline)
+        return plans.Plan((plans.ReleaseOnReturn(notice.event_time),), deadline)
     if isinstance(notice, notices.ScheduledChange) and notice.cancelled_or_closed:
         # Nothing is coming: no drain, and marks spotq set for this event alone come off.
         return plans.Plan((plans.Release(),), deadline)

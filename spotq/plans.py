@@ -60,7 +60,16 @@ class Release:
     name = "release"
 
 
-Step = Announce | Taint | Cordon | ExcludeFromLoadBalancers | Drain | CompleteLifecycle | Release
+@dataclass(frozen=True)
+class ReleaseOnReturn:
+    """A stopped or hibernated instance is back (pending or running at `returned_at`): take spotq's marks off its
+    node where every notice on record meant a stop and came before that (planning.returned_from_stop)."""
+
+    returned_at: datetime
+    name = "release_on_return"
+
+
+Step = Announce | Taint | Cordon | ExcludeFromLoadBalancers | Drain | CompleteLifecycle | Release | ReleaseOnReturn
 
 # Steps that change the node: the message may be deleted only once these are durably written.
 MARKING_STEPS = (Taint, Cordon, ExcludeFromLoadBalancers)

@@ -27,6 +27,9 @@ class NoticeRecord:
     id: str | None
     deadline: datetime | None = None
     noticed_at: datetime | None = None
+    detail: str | None = None
+    """What the notice said would happen, where it says: a Spot warning's action (terminate, stop, hibernate), a
+    state change's state (stopping, stopped, ...); a stopped instance that returns is released on it."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -64,6 +67,9 @@ class NodeMarks:
     drain_started: bool = False
     drainer: str | None = None
     """This replica, claiming the drain in the same PATCH that records its start (only where none is on record)."""
+    overrides_detail: bool = False
+    """The record's detail becomes this notice's even where a notice of its kind is on record already (its id
+    and times stay): a terminate warning after a stop warning means the instance does not come back."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +167,12 @@ class NodeWriter(Protocol):
 
     async def release_for(self, node: NodeRef, kind: Kind, notice_id: str) -> bool:
         """Take spotq's marks off a node that carries them for this one notice only; True if it wrote."""
+        ...
+
+    async def release_if(self, node: NodeRef, may_release: Callable[[tuple[NoticeRecord, ...]], bool]) -> bool:
+        """Take spotq's marks off the node where `may_release` holds for the notices on record as the node is now
+        (a record that does not decode counts as a notice that keeps the marks); written with its resourceVersion,
+        so a notice recorded meanwhile makes it a 409, re-read and re-decided. True if it wrote."""
         ...
 
 

@@ -18,7 +18,7 @@ from spotq.kube import records
 from spotq.kube.nodes import LB_LABEL
 from spotq.kube.transport import JSON, Transport
 from spotq.notices import Kind
-from spotq.ports import DrainRecord, DrainState, NodeMarks, NodeRef
+from spotq.ports import DrainRecord, DrainState, NodeMarks, NodeRef, NoticeRecord
 from spotq.ratelimit import Priority
 
 CONFLICT_RETRIES = 8
@@ -38,6 +38,8 @@ class Marks:
     claim_with: str = ""
     """`claim` is written exactly when the annotation `claim_with` is (where absent): the replica that records a
     drain's start records itself as its drainer in the same PATCH."""
+    record_details: dict[str, str] = field(default_factory=dict)
+    """Record annotation → detail: set in a record already on the node whose detail differs (id and times kept)."""
 
 
 def patch_for(node: JSON, marks: Marks) -> JSON | None:
@@ -58,6 +60,10 @@ def patch_for(node: JSON, marks: Marks) -> JSON | None:
     new_annotations |= {k: v for k, v in marks.overwrite_annotations.items() if annotations.get(k) != v}
     if marks.claim_with and marks.claim_with in new_annotations:
         new_annotations |= marks.claim
+    for key, detail in marks.record_details.items():
+        rewritten = _with_detail(annotations.get(key), detail) if key not in new_annotations else None
+        if rewritten is not None:
+            new_annotations[key] = rewritten
     cordon = marks.cordon and not spec.get("unschedulable", False)
     owned = (["cordon"] if cordon else []) + [f"label:{k}" for k in new_labels if k not in labels]
     if marks.owner_key and owned:
@@ -83,6 +89,17 @@ def patch_for(node: JSON, marks: Marks) -> JSON | None:
     return patch
 
 
+def _with_detail(recorded: str | None, detail: str) -> str | None:
+    """The record `recorded` with `detail`, or None where it has it already (or is absent or unreadable)."""
+    try:
+        doc = json.loads(recorded) if recorded is not None else None
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("detail") == detail:
+        return None
+    return json.dumps({**doc, "detail": detail})
+
+
 def marks_for(marks: NodeMarks, prefix: str) -> Marks:
     """What a notice asks of a node (ports.NodeMarks), in annotation keys and labels (pure)."""
     annotations: dict[str, str] = {}
@@ -92,6 +109,9 @@ def marks_for(marks: NodeMarks, prefix: str) -> Marks:
         # Only where no drain is on record yet: a repeated notice for a drained node changes nothing.
         annotations[records.drain_key(prefix)] = "started"
     claim = {records.drainer_key(prefix): marks.drainer} if marks.drain_started and marks.drainer else {}
+    details: dict[str, str] = {}
+    if marks.record is not None and marks.record.detail is not None and marks.overrides_detail:
+        details[records.notice_key(prefix, marks.record.kind)] = marks.record.detail
     return Marks(
         taints=marks.taints,
         cordon=marks.cordon,
@@ -100,6 +120,7 @@ def marks_for(marks: NodeMarks, prefix: str) -> Marks:
         owner_key=records.owner_key(prefix),
         claim=claim,
         claim_with=records.drain_key(prefix) if claim else "",
+        record_details=details,
     )
 
 
@@ -157,6 +178,15 @@ class NodeMarker:
 
         return await patch_node(self._client, node.name, undo, node.cached)
 
+    async def release_if(self, node: NodeRef, may_release: Callable[[tuple[NoticeRecord, ...]], bool]) -> bool:
+        """Take spotq's marks off the node where `may_release` holds for its notices on record (a stopped instance
+        returned); decided on the node as each attempt reads it, written with its resourceVersion."""
+
+        def undo(current: JSON) -> JSON | None:
+            return release_patch_if(current, self._prefix, may_release)
+
+        return await patch_node(self._client, node.name, undo, node.cached)
+
 
 def release_patch(node: JSON, prefix: str) -> JSON | None:
     """The merge patch that takes spotq's marks off `node` (pure): its taints and annotations always, the cordon
@@ -202,6 +232,18 @@ def release_patch_for(node: JSON, prefix: str, notice_key: str, notice_id: str) 
     except (ValueError, AttributeError):
         return None
     return release_patch(node, prefix) if recorded == notice_id else None
+
+
+def release_patch_if(node: JSON, prefix: str, may_release: Callable[[tuple[NoticeRecord, ...]], bool]) -> JSON | None:
+    """release_patch, but only where `may_release` holds for the notices on record on `node` (pure). A spotq
+    annotation beside the bookkeeping that is no readable notice record keeps every mark: it may be a notice."""
+    annotations: dict[str, str] = (node.get("metadata") or {}).get("annotations") or {}
+    bookkeeping = {f"{prefix}/{name}" for name in _BOOKKEEPING}
+    others = {k for k in annotations if k.startswith(f"{prefix}/") and k not in bookkeeping}
+    on_record = records.read(annotations, prefix)
+    if len(on_record) != len(others) or not may_release(on_record):
+        return None
+    return release_patch(node, prefix)
 
 
 async def apply(client: Transport, node_name: str, marks: Marks, cached: JSON | None = None) -> bool:

@@ -36,13 +36,14 @@ def owner_key(prefix: str) -> str:
 
 
 def encode(record: NoticeRecord) -> str:
-    return json.dumps(
-        {
-            "id": record.id,
-            "noticed_at": record.noticed_at.isoformat() if record.noticed_at else None,
-            "deadline": record.deadline.isoformat() if record.deadline else None,
-        }
-    )
+    doc: dict[str, str | None] = {
+        "id": record.id,
+        "noticed_at": record.noticed_at.isoformat() if record.noticed_at else None,
+        "deadline": record.deadline.isoformat() if record.deadline else None,
+    }
+    if record.detail is not None:
+        doc["detail"] = record.detail
+    return json.dumps(doc)
 
 
 def read(annotations: Mapping[str, str], prefix: str) -> tuple[NoticeRecord, ...]:
@@ -64,6 +65,7 @@ def read(annotations: Mapping[str, str], prefix: str) -> tuple[NoticeRecord, ...
                 id=doc.get("id") if isinstance(doc.get("id"), str) else None,
                 deadline=_time(doc.get("deadline")),
                 noticed_at=_time(doc.get("noticed_at")),
+                detail=doc.get("detail") if isinstance(doc.get("detail"), str) else None,
             )
         )
     return tuple(found)

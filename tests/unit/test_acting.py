@@ -9,7 +9,15 @@ from datetime import UTC, datetime, timedelta
 
 from spotq import acting, planning, selectors
 from spotq.draining import DrainOptions
-from spotq.kube.marks import Marks, claim_patch, drain_record_after, marks_for, patch_for, release_patch_for
+from spotq.kube.marks import (
+    Marks,
+    claim_patch,
+    drain_record_after,
+    marks_for,
+    patch_for,
+    release_patch_for,
+    release_patch_if,
+)
 from spotq.kube.nodes import NodeIndex, NodeRef, node_ref
 from spotq.kube.records import notice_key
 from spotq.notices import (
@@ -22,7 +30,7 @@ from spotq.notices import (
     StateChange,
 )
 from spotq.observability import logs
-from spotq.ports import DrainRecord, NodeMarks
+from spotq.ports import DrainRecord, NodeMarks, NoticeRecord
 from spotq.settings import Settings
 from spotq.slots import DeadlineSlots
 from tests.fakes import FakePods
@@ -63,6 +71,9 @@ class FakeWriter:
 
     async def release_for(self, node: NodeRef, kind: Kind, notice_id: str) -> bool:
         return self._apply(release_patch_for(self.node, "spotq.io", notice_key("spotq.io", kind), notice_id))
+
+    async def release_if(self, node: NodeRef, may_release: Callable[[tuple[NoticeRecord, ...]], bool]) -> bool:
+        return self._apply(release_patch_if(self.node, "spotq.io", may_release))
 
     def _apply(self, patch: dict | None) -> bool:  # type: ignore[type-arg]
         """As the API server applies a merge patch: null removes."""
@@ -319,3 +330,54 @@ async def test_a_joining_notice_with_an_earlier_deadline_brings_the_running_drai
         await first
     assert loop.time() - started < 5
     assert writer.node["metadata"]["annotations"]["spotq.io/drain"] == "timed-out"
+
+
+async def test_a_stopped_spot_instance_that_returns_gets_its_marks_released() -> None:
+    now = datetime.now(UTC)
+    pods = FakePods()
+    actor, writer, events, _ = make_actor(pods)
+    stop = SpotInterruption(
+        event_id="s1", event_time=now, instance_ids=(INSTANCE,), deadline=now + timedelta(seconds=120), action="stop"
+    )
+    await act(actor, stop)
+    assert '"detail": "stop"' in writer.node["metadata"]["annotations"]["spotq.io/spot-interruption"]
+    early = StateChange(event_id="r0", event_time=now - timedelta(seconds=5), instance_ids=(INSTANCE,), state="running")
+    await act(actor, early)  # a running event from before the warning, delivered late: nothing changes
+    assert writer.node["spec"]["unschedulable"] is True
+    back = StateChange(event_id="r1", event_time=now + timedelta(minutes=3), instance_ids=(INSTANCE,), state="running")
+    await act(actor, back)
+    assert "unschedulable" not in writer.node["spec"] and writer.node["spec"]["taints"] == []
+    assert not [k for k in writer.node["metadata"]["annotations"] if k.startswith("spotq.io/")]
+    assert not writer.node["metadata"]["labels"]
+    assert events.reasons[-1] == "NoticeEnded" and "running again" in events.messages[-1]
+
+
+async def test_a_returning_instance_keeps_the_marks_of_a_terminate_warning() -> None:
+    now = datetime.now(UTC)
+    actor, writer, events, _ = make_actor(FakePods())
+    await act(actor, StateChange(event_id="st", event_time=now, instance_ids=(INSTANCE,), state="stopping"))
+    spot = SpotInterruption(
+        event_id="s1", event_time=now, instance_ids=(INSTANCE,), deadline=now + timedelta(seconds=120)
+    )
+    await act(actor, spot)
+    back = StateChange(event_id="r1", event_time=now + timedelta(minutes=3), instance_ids=(INSTANCE,), state="pending")
+    patches = len(writer.patches)
+    await act(actor, back)
+    assert writer.node["spec"]["unschedulable"] is True and len(writer.patches) == patches
+    assert "NoticeEnded" not in events.reasons
+
+
+async def test_a_terminate_warning_after_a_stop_warning_keeps_the_marks_when_the_instance_runs_again() -> None:
+    now = datetime.now(UTC)
+    actor, writer, events, _ = make_actor(FakePods())
+    for action in ("stop", "terminate", "stop"):  # the first of its kind stays on record; a terminate is final
+        warning = SpotInterruption(
+            event_id=f"s-{action}", event_time=now, instance_ids=(INSTANCE,), deadline=now + timedelta(seconds=120),
+            action=action,
+        )  # fmt: skip
+        await act(actor, warning)
+    recorded = writer.node["metadata"]["annotations"]["spotq.io/spot-interruption"]
+    assert '"id": "s-stop"' in recorded and '"detail": "terminate"' in recorded
+    back = StateChange(event_id="r1", event_time=now + timedelta(minutes=3), instance_ids=(INSTANCE,), state="running")
+    await act(actor, back)
+    assert writer.node["spec"]["unschedulable"] is True and "NoticeEnded" not in events.reasons

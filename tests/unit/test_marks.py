@@ -103,3 +103,26 @@ def test_the_drain_state_is_written_without_a_resource_version_so_it_cannot_conf
     }
     patch = patch_for(node, Marks(overwrite_annotations={"spotq.io/drain": "finished"}))
     assert patch == {"metadata": {"annotations": {"spotq.io/drain": "finished"}}}
+
+
+def test_a_guarded_release_decides_on_the_records_of_the_node_as_read() -> None:
+    from spotq.kube.marks import release_patch_if
+
+    marked = node(taints=[{"key": "spotq.io/spot-interruption", "value": "e1", "effect": "NoSchedule"}])
+    marked["metadata"]["annotations"] = {
+        "spotq.io/spot-interruption": '{"id": "e1", "noticed_at": null, "deadline": null, "detail": "stop"}',
+        "spotq.io/drain": "finished",
+    }
+    seen: list[tuple[str | None, ...]] = []
+
+    def yes(on_record: tuple[Any, ...]) -> bool:
+        seen.append(tuple(r.detail for r in on_record))
+        return True
+
+    patch = release_patch_if(marked, "spotq.io", yes)
+    assert seen == [("stop",)]
+    assert patch is not None and patch["metadata"]["resourceVersion"] == "42" and patch["spec"]["taints"] == []
+    assert release_patch_if(marked, "spotq.io", lambda _: False) is None
+    # A spotq annotation that is no readable record may be a notice: every mark stays.
+    marked["metadata"]["annotations"]["spotq.io/lifecycle-terminate"] = "not json"
+    assert release_patch_if(marked, "spotq.io", yes) is None

@@ -32,7 +32,7 @@ DEFAULT = planning.Policy.from_settings(Settings())
         ),
         (notices.StateChange(event_id="e", event_time=T0, instance_ids=IDS, state="shutting-down"), FULL),
         (notices.StateChange(event_id="e", event_time=T0, instance_ids=IDS, state="stopped"), FULL),
-        (notices.StateChange(event_id="e", event_time=T0, instance_ids=IDS, state="running"), []),
+        (notices.StateChange(event_id="e", event_time=T0, instance_ids=IDS, state="running"), ["release_on_return"]),
         (notices.ScheduledChange(event_id="e", event_time=T0, instance_ids=IDS), FULL),
         (
             notices.LifecycleTerminate(event_id="e", event_time=T0, instance_ids=IDS, hook=HOOK),
@@ -140,3 +140,53 @@ def test_capacity_reservation_interruption_level_is_its_own_setting() -> None:
     assert planning.plan(notice, DEFAULT, T0).steps[1] == plans.Taint(
         "spotq.io/capacity-reservation-interruption", "NoSchedule"
     )
+
+
+# --- a stopped or hibernated instance that returns ---------------------------------------------------------------
+
+
+def record(kind: notices.Kind, detail: str | None, at: datetime | None = T0) -> planning.NoticeRecord:
+    return planning.NoticeRecord(kind, "x", deadline=T0 + timedelta(minutes=5), noticed_at=at, detail=detail)
+
+
+@pytest.mark.parametrize("state", ["running", "pending"])
+def test_a_returning_instance_plans_a_guarded_release_only(state: str) -> None:
+    back = notices.StateChange(event_id="r", event_time=T0, instance_ids=IDS, state=state)
+    plan = planning.plan(back, DEFAULT, T0)
+    assert plan.steps == (plans.ReleaseOnReturn(T0),) and not plan.marks_node and not plan.drains
+
+
+def test_what_a_notice_records_of_itself() -> None:
+    stop = notices.SpotInterruption(event_id="e", event_time=T0, instance_ids=IDS, action="hibernate")
+    assert planning.record_detail(stop) == "hibernate"
+    assert planning.record_detail(notices.StateChange(event_id="s", instance_ids=IDS, state="stopped")) == "stopped"
+    assert planning.record_detail(notices.RebalanceRecommendation(event_id="b", instance_ids=IDS)) is None
+
+
+LATER = T0 + timedelta(seconds=30)
+
+
+@pytest.mark.parametrize(
+    ("on_record", "released"),
+    [
+        ((record(notices.Kind.SPOT_INTERRUPTION, "stop"),), True),
+        ((record(notices.Kind.SPOT_INTERRUPTION, "hibernate"), record(notices.Kind.STATE_CHANGE, "stopped")), True),
+        # within the state change's drain limit (its deadline), but after it was noticed
+        ((record(notices.Kind.STATE_CHANGE, "stopping"),), True),
+        # no noticed_at: its deadline is the time to be after
+        ((record(notices.Kind.STATE_CHANGE, "stopping", at=None),), False),
+        ((), False),
+        ((record(notices.Kind.SPOT_INTERRUPTION, "terminate"),), False),
+        ((record(notices.Kind.SPOT_INTERRUPTION, None),), False),  # recorded before spotq kept the action
+        ((record(notices.Kind.STATE_CHANGE, "shutting-down"),), False),
+        ((record(notices.Kind.SPOT_INTERRUPTION, "stop"), record(notices.Kind.LIFECYCLE_TERMINATE, None)), False),
+        ((record(notices.Kind.SPOT_INTERRUPTION, "stop"), record(notices.Kind.REBALANCE_RECOMMENDATION, None)), False),
+        # a late or reordered running event: not after the stop spotq noticed
+        ((record(notices.Kind.SPOT_INTERRUPTION, "stop", at=LATER),), False),
+        ((record(notices.Kind.SPOT_INTERRUPTION, "stop", at=LATER + timedelta(seconds=1)),), False),
+    ],
+)
+def test_a_return_releases_only_a_node_marked_for_an_earlier_stop_alone(
+    on_record: tuple[planning.NoticeRecord, ...], released: bool
+) -> None:
+    assert planning.returned_from_stop(on_record, LATER) is released

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -31,7 +31,9 @@ from spotq.ports import (
     NodeRef,
     NodeWriter,
     NoticeRecord,
+    Pod,
     PodApi,
+    PodEventSink,
     Replicas,
 )
 from spotq.slots import DeadlineSlots
@@ -68,8 +70,13 @@ class Actor:
         evictions: asyncio.Semaphore,
         budgets: Budgets | None = None,
         replicas: Replicas | None = None,
+        pod_events: PodEventSink | None = None,
     ) -> None:
         self._writer = writer
+        # An Event on each evicted pod (SPOTQ_DRAIN__POD_EVENTS; None: off), sent beside the drain, never awaited
+        # by it: the tasks are held here until they end.
+        self._pod_events = pod_events
+        self._pod_event_tasks: set[asyncio.Task[None]] = set()
         self._pods = pods
         self._events = events
         self._lifecycle = lifecycle
@@ -127,7 +134,8 @@ class Actor:
                         # A redelivery, or another notice for a drained node: nothing is left to drain.
                         log.info("node already drained")
                     else:
-                        report = await self._drain_once(node, plan, hook, log, record=record)
+                        cause = f"{notice.kind.value} notice {notice.event_id}"
+                        report = await self._drain_once(node, plan, hook, log, record=record, cause=cause)
         if isinstance(complete, plans.CompleteLifecycle) and self._lifecycle is not None:
             if complete.when_node_ready:
                 await self._wait_ready(node, plan)
@@ -140,7 +148,8 @@ class Actor:
         """Run again a drain that a stopped spotq (or a gone replica) left unfinished (the node's record says so);
         the notices' messages, when SQS hands them back, join it. The node already carries its marks. None: another
         live replica drains the node, or its drain ended meanwhile."""
-        return await self._drain_once(node, plans.Plan((plans.Drain(),), deadline), None, log, wait=False)
+        plan = plans.Plan((plans.Drain(),), deadline)
+        return await self._drain_once(node, plan, None, log, wait=False, cause="a drain resumed from the node's record")
 
     def handling(self, name: str) -> bool:
         """This process drains the node now, or waits for another replica's drain of it."""
@@ -232,6 +241,7 @@ class Actor:
         *,
         record: DrainRecord | None = None,
         wait: bool = True,
+        cause: str = "",
     ) -> DrainReport | None:
         """One drain per node: a second notice for a node being drained waits for the running drain, bringing its
         deadline forward if its own is earlier (a state change after a Spot warning). With replicas, the drain runs
@@ -245,7 +255,7 @@ class Actor:
             result = await asyncio.shield(joined)
             if result is None and wait and not waits:
                 # It found another replica draining the node and did not wait: this notice does.
-                return await self._drain_once(node, plan, hook, log, wait=True)
+                return await self._drain_once(node, plan, hook, log, wait=True, cause=cause)
             return result
         future: asyncio.Future[DrainReport | None] = asyncio.get_running_loop().create_future()
         due = DrainDeadline(deadline)
@@ -257,7 +267,7 @@ class Actor:
             ):
                 self._abandoned.discard(node.name)
                 try:
-                    report = await self._drain(node, due, hook, log)
+                    report = await self._drain(node, due, hook, log, self._evicted_note(node, plan, cause))
                 except BaseException:
                     if self._replicas is not None:
                         self._abandoned.add(node.name)
@@ -375,8 +385,28 @@ class Actor:
             + ("another replica took the drain over" if taken() else "this replica's Lease was not renewed in time")
         )
 
+    def _evicted_note(self, node: NodeRef, plan: plans.Plan, cause: str) -> Callable[[Pod], None] | None:
+        """What the drain calls for each pod it evicted: an EvictedBySpotq Event on the pod, sent beside the drain
+        (queued last for the rate limit); None when pod Events are off."""
+        sink = self._pod_events
+        if sink is None:
+            return None
+        message = f"evicted by spotq from node {node.name}: {cause or 'a notice'}, deadline {plan.deadline.isoformat()}"
+
+        def note(pod: Pod) -> None:
+            task = asyncio.get_running_loop().create_task(sink.pod_event(pod, "EvictedBySpotq", message))
+            self._pod_event_tasks.add(task)
+            task.add_done_callback(self._pod_event_tasks.discard)
+
+        return note
+
     async def _drain(
-        self, node: NodeRef, deadline: DrainDeadline, hook: LifecycleHook | None, log: logs.Context
+        self,
+        node: NodeRef,
+        deadline: DrainDeadline,
+        hook: LifecycleHook | None,
+        log: logs.Context,
+        on_evicted: Callable[[Pod], None] | None = None,
     ) -> DrainReport:
         loop = asyncio.get_running_loop()
         await self._after_marks()
@@ -389,7 +419,13 @@ class Actor:
                     beats = group.create_task(self._heartbeats(hook, log)) if hook else None
                     fence = group.create_task(self._fence(self._replicas, node.name)) if self._replicas else None
                     report = await draining.drain(
-                        node.name, deadline, self._pods, self._config.drain, self._evictions, self._budgets
+                        node.name,
+                        deadline,
+                        self._pods,
+                        self._config.drain,
+                        self._evictions,
+                        self._budgets,
+                        on_evicted=on_evicted,
                     )
                     for side in (beats, fence):
                         if side is not None:

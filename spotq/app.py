@@ -160,6 +160,7 @@ async def open_core(
         evictions=asyncio.Semaphore(settings.drain.max_concurrent_evictions),
         budgets=budgets,
         replicas=replicas,
+        pod_events=EventRecorder(kube) if settings.drain.pod_events else None,
     )
     policy = planning.Policy.from_settings(settings)
     return Core(settings, kube, index, actor, policy, budgets, writer=writer, events=events, replicas=replicas)

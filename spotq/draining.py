@@ -233,12 +233,14 @@ async def drain(
     options: DrainOptions,
     evictions: asyncio.Semaphore,
     budgets: Budgets | None = None,
+    on_evicted: Callable[[Pod], None] | None = None,
 ) -> DrainReport:
     """Evict every pod that should go, including pods bound to the node meanwhile, and wait until they are gone
     (and at least `options.settle_seconds` since the start), or until the deadline (loop time; a DrainDeadline can
-    be moved earlier while the drain runs)."""
+    be moved earlier while the drain runs). `on_evicted` is called once per pod UID whose eviction (or forced
+    delete) the API server accepted, at once (it must not block)."""
     due = deadline if isinstance(deadline, DrainDeadline) else DrainDeadline(deadline)
-    return await _Drain(node, due, api, options, evictions, budgets or Budgets()).run()
+    return await _Drain(node, due, api, options, evictions, budgets or Budgets(), on_evicted).run()
 
 
 class _Drain:
@@ -252,8 +254,11 @@ class _Drain:
         options: DrainOptions,
         evictions: asyncio.Semaphore,
         budgets: Budgets,
+        on_evicted: Callable[[Pod], None] | None = None,
     ) -> None:
         self.due = due
+        self.on_evicted = on_evicted
+        self.reported: set[str] = set()  # UIDs handed to on_evicted: one call per pod and drain
         self.api = api
         self.options = options
         self.evictions = evictions
@@ -366,6 +371,9 @@ class _Drain:
             return  # stays in `pending` with its reason
         if result in ("evicted", "forced"):
             self.report.evicted.append(pod.key)
+            if self.on_evicted is not None and pod.uid not in self.reported:
+                self.reported.add(pod.uid)
+                self.on_evicted(pod)
         if result != "gone" and not pod.finished:
             self._note(pod, "terminating")
             await self.watcher.gone(pod.uid).wait()

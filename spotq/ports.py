@@ -208,6 +208,13 @@ class EventSink(Protocol):
     async def node_event(self, node: NodeRef, reason: str, message: str, *, warning: bool = False) -> None: ...
 
 
+class PodEventSink(Protocol):
+    """Events on pods (`kubectl describe pod`): why spotq moved one. Apart from EventSink, whose node Events are
+    also notifications (spotq/notify): one per evicted pod would flood a webhook in a wave."""
+
+    async def pod_event(self, pod: Pod, reason: str, message: str, *, warning: bool = False) -> None: ...
+
+
 class LifecycleApi(Protocol):
     async def complete(self, hook: LifecycleHook) -> None: ...
 

@@ -182,6 +182,12 @@ class DrainSettings(_Group):
         "other pod has gone, or when this many s are left before the deadline, whichever is first, s (as the "
         "kubelet's graceful shutdown and Karpenter order them).",
     )
+    pod_events: bool = Field(
+        True,
+        description="Record a Kubernetes Event (reason EvictedBySpotq) on each pod a drain evicts, naming the node, "
+        "the notice and the deadline, so `kubectl describe pod` says why it moved; at most one per pod and drain, "
+        "sent after every other request.",
+    )
     retry_initial_seconds: float = Field(0.5, gt=0, description="First back-off after a 429, s.")
     retry_max_seconds: float = Field(5.0, gt=0, description="Longest back-off between eviction attempts, s.")
     lifecycle_heartbeat_seconds: float = Field(

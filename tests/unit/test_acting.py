@@ -30,7 +30,7 @@ from spotq.notices import (
     StateChange,
 )
 from spotq.observability import logs
-from spotq.ports import DrainRecord, NodeMarks, NoticeRecord
+from spotq.ports import DrainRecord, NodeMarks, NoticeRecord, Pod
 from spotq.settings import Settings
 from spotq.slots import DeadlineSlots
 from tests.fakes import FakePods
@@ -381,3 +381,32 @@ async def test_a_terminate_warning_after_a_stop_warning_keeps_the_marks_when_the
     back = StateChange(event_id="r1", event_time=now + timedelta(minutes=3), instance_ids=(INSTANCE,), state="running")
     await act(actor, back)
     assert writer.node["spec"]["unschedulable"] is True and "NoticeEnded" not in events.reasons
+
+
+@dataclass
+class FakePodEvents:
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (pod uid, reason, message)
+
+    async def pod_event(self, pod: Pod, reason: str, message: str, *, warning: bool = False) -> None:
+        self.events.append((pod.uid, reason, message))
+
+
+async def test_each_evicted_pod_gets_one_event_naming_the_node_the_notice_and_the_deadline() -> None:
+    now = datetime.now(UTC)
+    pods = FakePods()
+    pods.add("n1", "web-1")
+    pods.add("n1", "web-2")
+    pods.add("n1", "agent", controller_kind="DaemonSet")
+    actor, _, _, _ = make_actor(pods)
+    sink = FakePodEvents()
+    actor._pod_events = sink
+    spot = SpotInterruption(
+        event_id="s1", event_time=now, instance_ids=(INSTANCE,), deadline=now + timedelta(seconds=120)
+    )
+    await act(actor, spot)
+    await act(actor, spot)  # a redelivery: the node is drained already
+    await asyncio.sleep(0)
+    assert sorted(uid for uid, _, _ in sink.events) == ["uid-web-1", "uid-web-2"]
+    for _, reason, message in sink.events:
+        assert reason == "EvictedBySpotq"
+        assert "node n1" in message and "spot_interruption notice s1" in message and "deadline 20" in message

@@ -343,3 +343,19 @@ async def test_a_critical_pod_alone_goes_at_once() -> None:
     started = asyncio.get_running_loop().time()
     report = await run(pods)
     assert report.complete and pods.call_times[0] - started < 0.05
+
+
+async def test_each_evicted_pod_is_reported_once_and_skipped_ones_never() -> None:
+    pods = FakePods()
+    pods.add("n1", "web-1")
+    pods.add("n1", "web-2", "web")
+    pods.add("n1", "ds", controller_kind="DaemonSet")
+    pods.budgets["web"] = 0  # a refusal first: the second attempt is accepted once the budget recovers
+    asyncio.get_running_loop().call_later(0.1, pods._recover, "web")
+    reported: list[str] = []
+    deadline = asyncio.get_running_loop().time() + 5.0
+    report = await draining.drain(
+        "n1", deadline, pods, FAST, asyncio.Semaphore(100), None, on_evicted=lambda pod: reported.append(pod.uid)
+    )
+    assert report.complete
+    assert sorted(reported) == ["uid-web-1", "uid-web-2"]

@@ -79,6 +79,7 @@ class Figures:
     stuck_why: list[str] = field(default_factory=list)
     queue_left: int | None = None
     skipped: str = ""  # why the scenario did not run
+    own_targets: dict[str, bool] = field(default_factory=dict)  # targets of this scenario alone
     details: dict[str, Any] = field(default_factory=dict)
 
     def targets(self) -> dict[str, bool | None]:
@@ -100,6 +101,7 @@ class Figures:
             f"RSS growth < {RSS_GROWTH_TARGET_PCT:g} %": (
                 None if self.rss_growth_pct is None else self.rss_growth_pct < RSS_GROWTH_TARGET_PCT
             ),
+            **self.own_targets,
         }
 
     def missed(self) -> list[str]:
@@ -192,7 +194,7 @@ def figure(
         found.evicted_before_deadline += sum(
             1 for pod in item.pods if accepted.get(pod) and accepted[pod][0].at <= item.deadline
         )
-        emptied = seen.emptied()
+        emptied = seen.empty_since(item.event_time)
         if emptied is not None and emptied <= item.deadline:
             found.drained_before_deadline += 1
         stamps = [deleted[m] for m in item.messages if m in deleted]

@@ -41,14 +41,12 @@ class NodeSeen:
             found = count
         return found
 
-    def emptied(self) -> float | None:
-        """When it was first seen with no workload pod (after having some)."""
-        had = False
-        for stamp, count in self.pods:
-            had = had or count > 0
-            if had and count == 0:
-                return stamp
-        return None
+    def empty_since(self, when: float) -> float | None:
+        """From `when` on, the first moment the node was seen with no workload pod (`when` itself if it already
+        had none)."""
+        if self.pods_at(when) == 0:
+            return when
+        return next((stamp for stamp, count in self.pods if stamp >= when and count == 0), None)
 
     def first_drain(self, value: str) -> float | None:
         return next((stamp for stamp, state in self.drain if state == value), None)

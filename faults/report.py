@@ -93,3 +93,21 @@ def notes(docs: list[dict[str, Any]]) -> str:
             parts.append(f"duplicate drains: {dict(list(details['duplicate_drains'].items())[:3])}")
         out.append(f"- **{doc['scenario']}**: " + "; ".join(parts))
     return "\n".join(out)
+
+
+def header(result: dict[str, Any]) -> str:
+    """Where and when: the machine, the run's options, the load average before and after each scenario."""
+    machine = result["machine"]
+    loads = [value for _, before, after in result["load_averages"] for value in (before, after)]
+    opts = result["options"]
+    text = (
+        f"{result['started']}, {machine['nproc']} cores ({machine['cpu_model']}), {machine['memory_gib']} GiB, "
+        f"Python {machine['python']}; waves of {opts['nodes']} nodes x {opts['pods_per_node']} pods, PDB "
+        f"maxUnavailable {opts['max_unavailable']}, grace {opts['grace_seconds']} s, replacements Ready "
+        f"{opts['ready_delay']:g} s after binding; load average {min(loads, default=0):.1f}-"
+        f"{max(loads, default=0):.1f} (1 min, before/after each scenario); "
+        f"{result['wall_seconds'] / 60:.0f} min in all."
+    )
+    if result.get("note"):
+        text += f" {result['note']}"
+    return text

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (args.out / "table.md").write_text(table + "\n\n" + report.notes(docs) + "\n")
+    (args.out / "table.md").write_text(report.header(result) + "\n\n" + table + "\n\n" + report.notes(docs) + "\n")
     print()
     print(table)
     print()

@@ -168,9 +168,7 @@ def own_node(env: Environment, opts: Options) -> Figures:
             "handover": "none: spotq skips its own pod and has no handover yet",
         }
     )
-    if survived:
-        found.stuck_why.append("spotq died with its node (no handover, no early reschedule)")
-        found.stuck = True
+    found.own_targets["off its node before it died"] = not survived
     return found
 
 

@@ -54,6 +54,8 @@ class ActorConfig:
     prefix: str
     drain: DrainOptions
     heartbeat_seconds: float
+    complete_delay_seconds: float = 0.0
+    """SPOTQ_DRAIN__LIFECYCLE_COMPLETE_DELAY_SECONDS: a pause before completing a terminate hook, in its deadline."""
 
 
 class Actor:
@@ -139,6 +141,8 @@ class Actor:
         if isinstance(complete, plans.CompleteLifecycle) and self._lifecycle is not None:
             if complete.when_node_ready:
                 await self._wait_ready(node, plan)
+            else:
+                await self._delay_completion(plan, log)
             await self._lifecycle.complete(complete.hook)
             metrics.LIFECYCLE_COMPLETIONS.labels(result="continue").inc()
             log.info("lifecycle action completed", extra={"hook": complete.hook.hook_name})
@@ -268,6 +272,9 @@ class Actor:
                 self._abandoned.discard(node.name)
                 try:
                     report = await self._drain(node, due, hook, log, self._evicted_note(node, plan, cause))
+                    out_of_service = plan.find(plans.OutOfService)
+                    if report.complete and isinstance(out_of_service, plans.OutOfService):
+                        await self._out_of_service(node, out_of_service, log)
                 except BaseException:
                     if self._replicas is not None:
                         self._abandoned.add(node.name)
@@ -384,6 +391,24 @@ class Actor:
             "stopped draining: "
             + ("another replica took the drain over" if taken() else "this replica's Lease was not renewed in time")
         )
+
+    async def _out_of_service(self, node: NodeRef, step: plans.OutOfService, log: logs.Context) -> None:
+        """The out-of-service taint once the node is drained: its volumes detach without the 6-minute wait."""
+        taint = NodeMarks(taints=((step.key, step.value, "NoExecute"),))
+        changed, _ = await self._writer.mark(self._index.by_name(node.name) or node, taint)
+        log.info("node tainted out-of-service" if changed else "node already out-of-service")
+
+    async def _delay_completion(self, plan: plans.Plan, log: logs.Context) -> None:
+        """SPOTQ_DRAIN__LIFECYCLE_COMPLETE_DELAY_SECONDS before a terminate hook completes, never past the plan's
+        deadline."""
+        delay = self._config.complete_delay_seconds
+        if delay <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        until = min(loop.time() + delay, clock.loop_deadline(plan.deadline))
+        if until > loop.time():
+            log.info("completing the lifecycle action after a delay", extra={"seconds": round(until - loop.time(), 1)})
+            await asyncio.sleep(until - loop.time())
 
     def _evicted_note(self, node: NodeRef, plan: plans.Plan, cause: str) -> Callable[[Pod], None] | None:
         """What the drain calls for each pod it evicted: an EvictedBySpotq Event on the pod, sent beside the drain

@@ -155,6 +155,7 @@ async def open_core(
             prefix=settings.kube.taint_prefix,
             drain=drain_options(settings),
             heartbeat_seconds=settings.drain.lifecycle_heartbeat_seconds,
+            complete_delay_seconds=settings.drain.lifecycle_complete_delay_seconds,
         ),
         drain_slots=DeadlineSlots(settings.drain.max_concurrent_nodes),
         evictions=asyncio.Semaphore(settings.drain.max_concurrent_evictions),

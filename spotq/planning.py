@@ -30,6 +30,7 @@ class Policy:
     launch_wait: timedelta = timedelta(seconds=3300)
     lifecycle_groups: tuple[str, ...] = ()
     """Names, or prefixes ending in '*', of the Auto Scaling groups whose hooks are ours; empty: any group."""
+    out_of_service_taint: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -50,6 +51,7 @@ class Policy:
             min_window=timedelta(seconds=settings.drain.min_window_seconds),
             launch_wait=timedelta(seconds=policy.launch_wait_seconds),
             lifecycle_groups=tuple(g.strip() for g in policy.lifecycle_groups.split(",") if g.strip()),
+            out_of_service_taint=settings.drain.out_of_service_taint,
         )
 
     def taint_key(self, kind: Kind) -> str:
@@ -80,6 +82,17 @@ def record_detail(notice: Notice) -> str | None:
     if isinstance(notice, notices.StateChange):
         return notice.state or None
     return None
+
+
+def ends_instance(notice: Notice) -> bool:
+    """The notice says the instance goes for good, soon: a Spot or capacity reservation terminate warning, a state
+    change to shutting-down or terminated, a terminate hook (not a stop, hibernation, rebalance or scheduled
+    change: the node may stay or come back)."""
+    if isinstance(notice, notices.SpotInterruption | notices.CapacityReservationInterruption):
+        return notice.action == "terminate"
+    if isinstance(notice, notices.StateChange):
+        return notice.state in ("shutting-down", "terminated")
+    return isinstance(notice, notices.LifecycleTerminate)
 
 
 def overrides_stop(notice: Notice) -> bool:
@@ -141,6 +154,8 @@ def plan(notice: Notice, policy: Policy, received_at: datetime) -> plans.Plan:
         return plans.Plan((plans.Release(),), deadline)
     level = level_for(notice, policy)
     steps.extend(_node_steps(notice.kind, level, policy))
+    if policy.out_of_service_taint and level.rank >= ActionLevel.DRAIN.rank and ends_instance(notice):
+        steps.append(plans.OutOfService())
     if isinstance(notice, notices.LifecycleTerminate):
         # The hook holds the instance until completed; completing it is ours whatever the level.
         steps.append(plans.CompleteLifecycle(notice.hook))

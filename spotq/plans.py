@@ -61,6 +61,16 @@ class Release:
 
 
 @dataclass(frozen=True)
+class OutOfService:
+    """After a complete drain, the well-known taint that lets the attach/detach controller detach the node's
+    volumes at once (the instance is going away for good)."""
+
+    key: str = "node.kubernetes.io/out-of-service"
+    value: str = "nodeshutdown"
+    name = "out_of_service"
+
+
+@dataclass(frozen=True)
 class ReleaseOnReturn:
     """A stopped or hibernated instance is back (pending or running at `returned_at`): take spotq's marks off its
     node where every notice on record meant a stop and came before that (planning.returned_from_stop)."""
@@ -69,7 +79,17 @@ class ReleaseOnReturn:
     name = "release_on_return"
 
 
-Step = Announce | Taint | Cordon | ExcludeFromLoadBalancers | Drain | CompleteLifecycle | Release | ReleaseOnReturn
+Step = (
+    Announce
+    | Taint
+    | Cordon
+    | ExcludeFromLoadBalancers
+    | Drain
+    | OutOfService
+    | CompleteLifecycle
+    | Release
+    | ReleaseOnReturn
+)
 
 # Steps that change the node: the message may be deleted only once these are durably written.
 MARKING_STEPS = (Taint, Cordon, ExcludeFromLoadBalancers)

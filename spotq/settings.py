@@ -188,6 +188,20 @@ class DrainSettings(_Group):
         "the notice and the deadline, so `kubectl describe pod` says why it moved; at most one per pod and drain, "
         "sent after every other request.",
     )
+    out_of_service_taint: bool = Field(
+        False,
+        description="After a complete drain for a notice that ends the instance (a Spot or capacity reservation "
+        "terminate warning, a state change to shutting-down/terminated, a terminate hook), taint the node "
+        "node.kubernetes.io/out-of-service=nodeshutdown:NoExecute so its volumes detach without waiting for the "
+        "attach/detach timeout (what is left on the node, DaemonSet pods, is deleted). Not for stop, hibernate, "
+        "rebalance or scheduled changes: those nodes may stay or return.",
+    )
+    lifecycle_complete_delay_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Wait this long after a terminate hook's drain before CompleteLifecycleAction, s (e.g. for "
+        "volumes to detach or connections to close), never past the hook's deadline; 0: complete at once.",
+    )
     retry_initial_seconds: float = Field(0.5, gt=0, description="First back-off after a 429, s.")
     retry_max_seconds: float = Field(5.0, gt=0, description="Longest back-off between eviction attempts, s.")
     lifecycle_heartbeat_seconds: float = Field(

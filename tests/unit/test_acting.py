@@ -410,3 +410,42 @@ async def test_each_evicted_pod_gets_one_event_naming_the_node_the_notice_and_th
     for _, reason, message in sink.events:
         assert reason == "EvictedBySpotq"
         assert "node n1" in message and "spot_interruption notice s1" in message and "deadline 20" in message
+
+
+async def test_out_of_service_taint_after_a_complete_drain_and_the_hook_completed_after_its_delay() -> None:
+    now = datetime.now(UTC)
+    pods = FakePods()
+    pods.add("n1", "web-1")
+    actor, writer, _, lifecycle = make_actor(pods)
+    actor._config = replace(actor._config, complete_delay_seconds=0.3)
+    policy = planning.Policy.from_settings(Settings(drain={"out_of_service_taint": True}))  # type: ignore[arg-type]
+    notice = LifecycleTerminate(event_id="l1", event_time=now, instance_ids=(INSTANCE,), hook=HOOK)
+    ref = node_ref(NODE_JSON, selectors.parse(""))
+    loop = asyncio.get_running_loop()
+    plan = planning.plan(notice, policy, now)
+    drained_at: list[float] = []
+    original = actor._out_of_service
+
+    async def timed(*args: object) -> None:
+        await original(*args)  # type: ignore[arg-type]
+        drained_at.append(loop.time())
+
+    actor._out_of_service = timed  # type: ignore[method-assign]
+    await actor.act(plan, notice, ref, loop.time(), logs.get("t"))
+    assert {"key": "node.kubernetes.io/out-of-service", "value": "nodeshutdown", "effect": "NoExecute"} in writer.node[
+        "spec"
+    ]["taints"]
+    assert lifecycle.calls[-1] == ("complete", "tok") and loop.time() - drained_at[0] >= 0.3
+
+
+async def test_the_completion_delay_never_passes_the_hooks_deadline() -> None:
+    now = datetime.now(UTC)
+    actor, _, _, lifecycle = make_actor(FakePods())
+    actor._config = replace(actor._config, complete_delay_seconds=3600)
+    notice = LifecycleTerminate(event_id="l1", event_time=now, instance_ids=(INSTANCE,), hook=HOOK)
+    plan = replace(planning.plan(notice, POLICY, now), deadline=now + timedelta(seconds=0.3))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with asyncio.timeout(5):
+        await actor.act(plan, notice, node_ref(NODE_JSON, selectors.parse("")), started, logs.get("t"))
+    assert lifecycle.calls[-1] == ("complete", "tok") and loop.time() - started < 2

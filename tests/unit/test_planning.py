@@ -190,3 +190,24 @@ def test_a_return_releases_only_a_node_marked_for_an_earlier_stop_alone(
     on_record: tuple[planning.NoticeRecord, ...], released: bool
 ) -> None:
     assert planning.returned_from_stop(on_record, LATER) is released
+
+
+def test_the_out_of_service_taint_is_planned_only_for_drains_of_instances_that_go_for_good() -> None:
+    on = policy(drain={"out_of_service_taint": True})  # type: ignore[arg-type]
+    due = T0 + timedelta(minutes=2)
+    going = [
+        notices.SpotInterruption(event_id="e", event_time=T0, instance_ids=IDS, deadline=due),
+        notices.StateChange(event_id="s", event_time=T0, instance_ids=IDS, state="shutting-down"),
+        notices.LifecycleTerminate(event_id="l", event_time=T0, instance_ids=IDS, hook=HOOK),
+    ]
+    staying = [
+        notices.SpotInterruption(event_id="e", event_time=T0, instance_ids=IDS, deadline=due, action="stop"),
+        notices.StateChange(event_id="s", event_time=T0, instance_ids=IDS, state="stopping"),
+        notices.ScheduledChange(event_id="h", event_time=T0, instance_ids=IDS, deadline=T0 + timedelta(days=2)),
+        notices.RebalanceRecommendation(event_id="r", event_time=T0, instance_ids=IDS),
+    ]
+    for notice in going:
+        assert planning.plan(notice, on, T0).find(plans.OutOfService) is not None, notice
+        assert planning.plan(notice, DEFAULT, T0).find(plans.OutOfService) is None
+    for notice in staying:
+        assert planning.plan(notice, on, T0).find(plans.OutOfService) is None, notice

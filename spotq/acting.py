@@ -35,6 +35,7 @@ from spotq.ports import (
     PodApi,
     PodEventSink,
     Replicas,
+    VolumeAttachments,
 )
 from spotq.slots import DeadlineSlots
 
@@ -73,8 +74,10 @@ class Actor:
         budgets: Budgets | None = None,
         replicas: Replicas | None = None,
         pod_events: PodEventSink | None = None,
+        volumes: VolumeAttachments | None = None,
     ) -> None:
         self._writer = writer
+        self._volumes = volumes  # SPOTQ_DRAIN__WAIT_FOR_VOLUME_DETACH; None: off
         # An Event on each evicted pod (SPOTQ_DRAIN__POD_EVENTS; None: off), sent beside the drain, never awaited
         # by it: the tasks are held here until they end.
         self._pod_events = pod_events
@@ -142,6 +145,7 @@ class Actor:
             if complete.when_node_ready:
                 await self._wait_ready(node, plan)
             else:
+                await self._await_volumes(node, plan, log)
                 await self._delay_completion(plan, log)
             await self._lifecycle.complete(complete.hook)
             metrics.LIFECYCLE_COMPLETIONS.labels(result="continue").inc()
@@ -397,6 +401,18 @@ class Actor:
         taint = NodeMarks(taints=((step.key, step.value, "NoExecute"),))
         changed, _ = await self._writer.mark(self._index.by_name(node.name) or node, taint)
         log.info("node tainted out-of-service" if changed else "node already out-of-service")
+
+    async def _await_volumes(self, node: NodeRef | None, plan: plans.Plan, log: logs.Context) -> None:
+        """Before a terminate hook completes: until no volume is attached to the node, within the plan's deadline."""
+        if self._volumes is None or node is None or not plan.drains:
+            return
+        try:
+            async with asyncio.timeout_at(clock.loop_deadline(plan.deadline)):
+                known = await self._volumes.wait_detached(node.name)
+        except TimeoutError:
+            log.warning("volumes still attached at the deadline: completing the lifecycle action")
+            return
+        log.info("node's volumes detached" if known else "node's volume attachments unknown: not waiting")
 
     async def _delay_completion(self, plan: plans.Plan, log: logs.Context) -> None:
         """SPOTQ_DRAIN__LIFECYCLE_COMPLETE_DELAY_SECONDS before a terminate hook completes, never past the plan's

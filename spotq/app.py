@@ -31,6 +31,7 @@ from spotq.kube.marks import NodeMarker
 from spotq.kube.nodes import NodeIndex
 from spotq.kube.pdbs import watch_budgets
 from spotq.kube.pods import PodClient
+from spotq.kube.volumes import VolumeAttachmentIndex
 from spotq.notify.notifier import Notifier
 from spotq.observability import probes
 from spotq.ports import EventSink, LifecycleApi, NodeWriter
@@ -74,6 +75,8 @@ class Core:
     """The actor's node writer and event sink, for the background work beside it (expiring)."""
     replicas: ReplicaLeases | None = None
     """Queue-mode replicas' Leases, when they coordinate (replica_identity); run and released by `run`."""
+    volumes: VolumeAttachmentIndex | None = None
+    """The VolumeAttachments mirror, when terminate hooks wait for volumes (SPOTQ_DRAIN__WAIT_FOR_VOLUME_DETACH)."""
 
     def handler(self, resolver: Resolve) -> handling.Handler:
         """The one handler, resolving instances the source's way."""
@@ -143,6 +146,7 @@ async def open_core(
             prefix=settings.kube.taint_prefix,
         )
     writer = NodeMarker(kube, settings.kube.taint_prefix)
+    volumes = VolumeAttachmentIndex() if settings.drain.wait_for_volume_detach else None
     # With a webhook, each Event is also offered (never awaited) as a notification: see spotq/notify.
     events: EventSink = EventRecorder(kube) if notifier is None else notifier.wrap(EventRecorder(kube))
     actor = acting.Actor(
@@ -162,9 +166,12 @@ async def open_core(
         budgets=budgets,
         replicas=replicas,
         pod_events=EventRecorder(kube) if settings.drain.pod_events else None,
+        volumes=volumes,
     )
     policy = planning.Policy.from_settings(settings)
-    return Core(settings, kube, index, actor, policy, budgets, writer=writer, events=events, replicas=replicas)
+    return Core(
+        settings, kube, index, actor, policy, budgets, writer=writer, events=events, replicas=replicas, volumes=volumes
+    )
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -217,6 +224,8 @@ async def run(
             work = [core.index.run(core.kube, field_selector=source.index_scope), *source.background()]
             if source.watch_budgets:
                 work.append(watch_budgets(core.kube, core.budgets))
+            if core.volumes is not None:
+                work.append(core.volumes.run(core.kube))
             if not settings.policy.dry_run:
                 work.append(resuming.resume_unfinished(core.index, core.actor, replicas))
             expiry = settings.policy.rebalance_expiry_seconds

@@ -215,6 +215,14 @@ class PodEventSink(Protocol):
     async def pod_event(self, pod: Pod, reason: str, message: str, *, warning: bool = False) -> None: ...
 
 
+class VolumeAttachments(Protocol):
+    """The nodes' attached volumes (storage.k8s.io VolumeAttachments)."""
+
+    async def wait_detached(self, node: str) -> bool:
+        """Return once no volume is attached to `node` (True), or at once when that is not known (False)."""
+        ...
+
+
 class LifecycleApi(Protocol):
     async def complete(self, hook: LifecycleHook) -> None: ...
 

@@ -202,6 +202,12 @@ class DrainSettings(_Group):
         description="Wait this long after a terminate hook's drain before CompleteLifecycleAction, s (e.g. for "
         "volumes to detach or connections to close), never past the hook's deadline; 0: complete at once.",
     )
+    wait_for_volume_detach: bool = Field(
+        False,
+        description="Before completing a terminate hook, wait until no VolumeAttachment names the node, never past "
+        "the hook's deadline (needs list/watch on storage.k8s.io volumeattachments: the chart grants it with "
+        "drain.waitForVolumeDetach); off: complete once drained.",
+    )
     retry_initial_seconds: float = Field(0.5, gt=0, description="First back-off after a 429, s.")
     retry_max_seconds: float = Field(5.0, gt=0, description="Longest back-off between eviction attempts, s.")
     lifecycle_heartbeat_seconds: float = Field(

@@ -275,6 +275,13 @@ def test_force_delete_option_adds_pod_delete_and_sets_the_setting(helm: Helm) ->
     assert env_values(one(objects, "Deployment"))["SPOTQ_DRAIN__FORCE_DELETE_BEFORE_DEADLINE_SECONDS"] == "30"
 
 
+def test_volume_attachments_are_readable_only_when_hooks_wait_for_them(helm: Helm) -> None:
+    assert "storage.k8s.io/volumeattachments" not in _rules(helm.template(*QUEUE))
+    objects = helm.template(*QUEUE, "--set", "drain.waitForVolumeDetach=true")
+    assert _rules(objects)["storage.k8s.io/volumeattachments"] == ["list", "watch"]
+    assert env_values(one(objects, "Deployment"))["SPOTQ_DRAIN__WAIT_FOR_VOLUME_DETACH"] == "true"
+
+
 def test_rbac_can_be_left_to_the_operator(helm: Helm) -> None:
     kinds = {o["kind"] for o in helm.template(*QUEUE, "--set", "rbac.create=false")}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}

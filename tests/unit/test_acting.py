@@ -449,3 +449,41 @@ async def test_the_completion_delay_never_passes_the_hooks_deadline() -> None:
     async with asyncio.timeout(5):
         await actor.act(plan, notice, node_ref(NODE_JSON, selectors.parse("")), started, logs.get("t"))
     assert lifecycle.calls[-1] == ("complete", "tok") and loop.time() - started < 2
+
+
+@dataclass
+class FakeVolumes:
+    detached: asyncio.Event = field(default_factory=asyncio.Event)
+    asked: list[str] = field(default_factory=list)
+
+    async def wait_detached(self, node: str) -> bool:
+        self.asked.append(node)
+        await self.detached.wait()
+        return True
+
+
+async def test_a_terminate_hook_waits_for_its_nodes_volumes_within_its_deadline() -> None:
+    now = datetime.now(UTC)
+    actor, _, _, lifecycle = make_actor(FakePods())
+    volumes = FakeVolumes()
+    actor._volumes = volumes
+    notice = LifecycleTerminate(event_id="l1", event_time=now, instance_ids=(INSTANCE,), hook=HOOK)
+    ref = node_ref(NODE_JSON, selectors.parse(""))
+    loop = asyncio.get_running_loop()
+    acting_task = asyncio.create_task(
+        actor.act(planning.plan(notice, POLICY, now), notice, ref, loop.time(), logs.get("t"))
+    )
+    async with asyncio.timeout(5):
+        while not volumes.asked:
+            await asyncio.sleep(0.01)
+    assert ("complete", "tok") not in lifecycle.calls  # drained, volumes still attached
+    volumes.detached.set()
+    await acting_task
+    assert volumes.asked == ["n1"] and lifecycle.calls[-1] == ("complete", "tok")
+    # Volumes that never go: completed at the deadline.
+    stuck = FakeVolumes()
+    actor._volumes = stuck
+    soon = replace(planning.plan(notice, POLICY, now), deadline=datetime.now(UTC) + timedelta(seconds=0.5))
+    async with asyncio.timeout(5):
+        await actor.act(soon, replace(notice, event_id="l2"), ref, loop.time(), logs.get("t"))
+    assert stuck.asked == ["n1"] and lifecycle.calls.count(("complete", "tok")) == 2

@@ -12,7 +12,7 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from spotq import clock, draining, owning, planning, plans, records
@@ -104,8 +104,19 @@ class Actor:
         self._marked.set()
 
     async def act(
-        self, plan: plans.Plan, notice: Notice, node: NodeRef | None, received_loop_time: float, log: logs.Context
+        self,
+        plan: plans.Plan,
+        notice: Notice,
+        node: NodeRef | None,
+        received: clock.Instant | float,
+        log: logs.Context,
     ) -> DrainReport | None:
+        """Run `plan` for `node`. `received`: the instant the notice was received at, from which the plan's
+        deadline becomes loop time (a wall-clock step meanwhile does not move it); a bare loop time is taken as
+        that instant read now on the wall clock."""
+        instant = received if isinstance(received, clock.Instant) else _instant_at(received)
+        due = instant.loop_time(plan.deadline)
+        received_loop_time = instant.loop
         report: DrainReport | None = None
         complete = plan.find(plans.CompleteLifecycle)
         # A terminate hook waits on the drain: heartbeats keep it from timing out meanwhile.
@@ -140,13 +151,15 @@ class Actor:
                         log.info("node already drained")
                     else:
                         cause = f"{notice.kind.value} notice {notice.event_id}"
-                        report = await self._drain_once(node, plan, hook, log, record=record, cause=cause)
+                        report = await self._drain_once(
+                            node, plan, hook, log, record=record, cause=cause, deadline_at=due
+                        )
         if isinstance(complete, plans.CompleteLifecycle) and self._lifecycle is not None:
             if complete.when_node_ready:
-                await self._wait_ready(node, plan)
+                await self._wait_ready(node, due)
             else:
-                await self._await_volumes(node, plan, log)
-                await self._delay_completion(plan, log)
+                await self._await_volumes(node, plan, due, log)
+                await self._delay_completion(due, log)
             await self._lifecycle.complete(complete.hook)
             metrics.LIFECYCLE_COMPLETIONS.labels(result="continue").inc()
             log.info("lifecycle action completed", extra={"hook": complete.hook.hook_name})
@@ -250,11 +263,13 @@ class Actor:
         record: DrainRecord | None = None,
         wait: bool = True,
         cause: str = "",
+        deadline_at: float | None = None,
     ) -> DrainReport | None:
         """One drain per node: a second notice for a node being drained waits for the running drain, bringing its
         deadline forward if its own is earlier (a state change after a Spot warning). With replicas, the drain runs
         here only once it is this replica's (see _own); None: another replica's drain of the node ended."""
-        deadline = clock.loop_deadline(plan.deadline)
+        # In loop time, from the notice's receipt (`deadline_at`), or from now for a drain resumed from a record.
+        deadline = deadline_at if deadline_at is not None else clock.loop_deadline(plan.deadline)
         running = self._drains.get(node.name)
         if running is not None:
             joined, due, waits = running
@@ -263,7 +278,7 @@ class Actor:
             result = await asyncio.shield(joined)
             if result is None and wait and not waits:
                 # It found another replica draining the node and did not wait: this notice does.
-                return await self._drain_once(node, plan, hook, log, wait=True, cause=cause)
+                return await self._drain_once(node, plan, hook, log, wait=True, cause=cause, deadline_at=deadline)
             return result
         future: asyncio.Future[DrainReport | None] = asyncio.get_running_loop().create_future()
         due = DrainDeadline(deadline)
@@ -402,26 +417,26 @@ class Actor:
         changed, _ = await self._writer.mark(self._index.by_name(node.name) or node, taint)
         log.info("node tainted out-of-service" if changed else "node already out-of-service")
 
-    async def _await_volumes(self, node: NodeRef | None, plan: plans.Plan, log: logs.Context) -> None:
+    async def _await_volumes(self, node: NodeRef | None, plan: plans.Plan, due: float, log: logs.Context) -> None:
         """Before a terminate hook completes: until no volume is attached to the node, within the plan's deadline."""
         if self._volumes is None or node is None or not plan.drains:
             return
         try:
-            async with asyncio.timeout_at(clock.loop_deadline(plan.deadline)):
+            async with asyncio.timeout_at(due):
                 known = await self._volumes.wait_detached(node.name)
         except TimeoutError:
             log.warning("volumes still attached at the deadline: completing the lifecycle action")
             return
         log.info("node's volumes detached" if known else "node's volume attachments unknown: not waiting")
 
-    async def _delay_completion(self, plan: plans.Plan, log: logs.Context) -> None:
+    async def _delay_completion(self, due: float, log: logs.Context) -> None:
         """SPOTQ_DRAIN__LIFECYCLE_COMPLETE_DELAY_SECONDS before a terminate hook completes, never past the plan's
         deadline."""
         delay = self._config.complete_delay_seconds
         if delay <= 0:
             return
         loop = asyncio.get_running_loop()
-        until = min(loop.time() + delay, clock.loop_deadline(plan.deadline))
+        until = min(loop.time() + delay, due)
         if until > loop.time():
             log.info("completing the lifecycle action after a delay", extra={"seconds": round(until - loop.time(), 1)})
             await asyncio.sleep(until - loop.time())
@@ -528,7 +543,7 @@ class Actor:
             except Exception as exc:
                 log.warning("lifecycle heartbeat failed", extra={"error": str(exc)[:200]})
 
-    async def _wait_ready(self, node: NodeRef | None, plan: plans.Plan) -> None:
+    async def _wait_ready(self, node: NodeRef | None, due: float) -> None:
         """A launch hook completes once its node is Ready; held (message in flight) until the plan's deadline,
         which the launch wait puts shortly before the hook's own timeout."""
         name = node.name if node else None
@@ -540,7 +555,7 @@ class Actor:
             return current is not None and current.ready
 
         try:
-            async with asyncio.timeout_at(clock.loop_deadline(plan.deadline)):
+            async with asyncio.timeout_at(due):
                 await self._index.wait_for(ready)
         except TimeoutError:
             raise PermanentError(
@@ -584,6 +599,11 @@ def _remember(memory: OrderedDict[Any, None], key: Any) -> None:
     memory.move_to_end(key)
     while len(memory) > _REMEMBERED:
         memory.popitem(last=False)
+
+
+def _instant_at(loop_time: float) -> clock.Instant:
+    """The instant at loop time `loop_time` (in the past), its wall time read back from the wall clock now."""
+    return clock.Instant(clock.now() - timedelta(seconds=clock.loop_now() - loop_time), loop_time)
 
 
 def _describe(notice: Notice, plan: plans.Plan) -> str:

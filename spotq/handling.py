@@ -24,7 +24,7 @@ log = logs.get("spotq.handling")
 
 class Acting(Protocol):
     async def act(
-        self, plan: Plan, notice: Notice, node: NodeRef | None, received_loop_time: float, log: logs.Context
+        self, plan: Plan, notice: Notice, node: NodeRef | None, received: clock.Instant, log: logs.Context
     ) -> object: ...
 
 
@@ -116,7 +116,7 @@ class Handler:
             if self._dry_run:
                 context.info("dry run: would act", extra={"steps": plan.step_names})
                 return Outcome.DRY_RUN
-            await self._actor.act(plan, notice, node, received.loop, context)
+            await self._actor.act(plan, notice, node, received, context)
             return Outcome.DONE
         except PermanentError as exc:
             context.warning("notice failed for good", extra={"error": str(exc)[:300]})

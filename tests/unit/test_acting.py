@@ -487,3 +487,19 @@ async def test_a_terminate_hook_waits_for_its_nodes_volumes_within_its_deadline(
     async with asyncio.timeout(5):
         await actor.act(soon, replace(notice, event_id="l2"), ref, loop.time(), logs.get("t"))
     assert stuck.asked == ["n1"] and lifecycle.calls.count(("complete", "tok")) == 2
+
+
+async def test_the_drain_deadline_is_measured_from_the_notices_receipt_not_from_the_wall_clock_at_the_drain() -> None:
+    from spotq import clock
+
+    pods = FakePods()
+    pods.add("n1", "web-1")
+    actor, _, _, _ = make_actor(pods)
+    loop = asyncio.get_running_loop()
+    # Received a moment ago; the wall clock has stepped an hour forward since (NTP): the plan's deadline, an hour
+    # behind the wall clock now, is still 2 s after the receipt.
+    received = clock.Instant(datetime.now(UTC) - timedelta(hours=1), loop.time())
+    notice = SpotInterruption(event_id="s1", event_time=received.wall, instance_ids=(INSTANCE,))
+    plan = replace(planning.plan(notice, POLICY, received.wall), deadline=received.wall + timedelta(seconds=2))
+    report = await actor.act(plan, notice, node_ref(NODE_JSON, selectors.parse("")), received, logs.get("t"))
+    assert report is not None and report.complete and report.evicted == ["ns/web-1"]

@@ -88,9 +88,11 @@ def test_six_rules_send_each_notice_kind_to_the_queue_and_launch_hooks_are_optio
     by_type = {
         r["Properties"]["EventPattern"]["detail-type"][0]: r["Properties"]["EventPattern"] for r in rules.values()
     }
+    leaving = ["stopping", "stopped", "shutting-down", "terminated"]
     assert by_type["EC2 Instance State-change Notification"]["detail"] == {
-        "state": ["stopping", "stopped", "shutting-down", "terminated"]
+        "state": {"Fn::If": ["SendReturningInstances", [*leaving, "running"], leaving]}
     }
+    assert template["Parameters"]["ReturningInstanceEvents"]["Default"] == "true"
     assert by_type["AWS Health Event"]["detail"] == {"service": ["EC2"], "eventTypeCategory": ["scheduledChange"]}
     scoped = {
         "Fn::If": [

@@ -170,7 +170,6 @@ def test_each_sample_event_put_on_the_default_bus_reaches_the_queue_and_spotq_cl
 @pytest.mark.parametrize(
     "change",
     [
-        {"detail": {"instance-id": "i-0b662ef9931388ba0", "state": "running"}},
         {"detail": {"instance-id": "i-0b662ef9931388ba0", "state": "pending"}},
         {
             "source": "aws.health",
@@ -184,12 +183,28 @@ def test_each_sample_event_put_on_the_default_bus_reaches_the_queue_and_spotq_cl
         },
         {"source": "aws.autoscaling", "detail-type": "EC2 Instance-launch Lifecycle Action", "detail": {}},
     ],
-    ids=["state-running", "state-pending", "health-issue", "health-rds", "lifecycle-launch-by-default"],
+    ids=["state-pending", "health-issue", "health-rds", "lifecycle-launch-by-default"],
 )
 def test_events_spotq_does_not_act_on_are_not_delivered(moto_server: MotoServer, queue_url: str, change: JSON) -> None:
     event = sample_event("state-change-shutting-down.json") | change
     _put(moto_server, event)
     assert _drain(moto_server, queue_url) == []
+
+
+def test_an_instance_running_again_is_delivered_unless_the_stack_turns_it_off(
+    moto_server: MotoServer, queue_url: str
+) -> None:
+    """A stopped Spot instance that returns releases its node's marks: the default stack sends `running`."""
+    running = sample_event("state-change-shutting-down.json") | {
+        "detail": {"instance-id": "i-0b662ef9931388ba0", "state": "running"}
+    }
+    _put(moto_server, running)
+    (message,) = _drain(moto_server, queue_url)
+    assert explain(message["Body"])["actions"] == ["release_on_return"]
+    quiet = _create_stack(moto_server, {"ReturningInstanceEvents": "false"})
+    _put(moto_server, running)
+    assert _drain(moto_server, quiet["QueueURL"]) == []
+    _drain(moto_server, queue_url)  # the default stack's queue got it again
 
 
 def _launch_event() -> JSON:

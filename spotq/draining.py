@@ -15,7 +15,7 @@ import contextlib
 import itertools
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,7 +24,7 @@ from spotq.backoff import Backoff
 from spotq.budgets import BudgetKey, Budgets
 from spotq.errors import ApiError, SpotqError
 from spotq.observability import metrics
-from spotq.ports import Pod, PodApi, PodEvent
+from spotq.ports import Pod, PodApi
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,6 @@ BUDGET_PATIENCE_SECONDS = 10.0
 _DRAINS = itertools.count()
 # The Eviction API names the budget that refused: "The disruption budget web needs 3 healthy pods and has 3 ...".
 _REFUSING_BUDGET = re.compile(r"disruption budget ([a-z0-9]([-a-z0-9.]*[a-z0-9])?) needs")
-# A pod watch the server broke is started again after 0.2 s, doubling up to 2 s.
-_POD_WATCH_BACKOFF = Backoff(initial_seconds=0.2, max_seconds=2.0)
 
 
 @dataclass(frozen=True)
@@ -164,16 +162,16 @@ def backoff(attempt: int, options: DrainOptions, retry_after: float | None) -> f
 
 
 class _Watcher:
-    """One watch of the node's pods: sets an event per pod UID when it is gone from the node, and hands pods it has
-    not seen before (bound to the node after the first look) to `arrived`."""
+    """The drain's view of the node's pods (fed by PodApi.follow_node): sets an event per pod UID when it is gone
+    from the node, hands the first look to `found` and pods it has not seen before (bound to the node after the
+    first look) to `arrived`. A relist is compared with what it knows: a pod missing from it is gone."""
 
-    def __init__(self, api: PodApi, node: str, version: str, arrived: Callable[[Pod], None]) -> None:
-        self._api = api
-        self._node = node
-        self._version = version
+    def __init__(self, found: Callable[[list[Pod]], None], arrived: Callable[[Pod], None]) -> None:
+        self._found = found
         self._arrived = arrived
         self._seen: set[str] = set()
         self._gone: dict[str, asyncio.Event] = {}
+        self.listed = asyncio.Event()
 
     def seen(self, pod: Pod) -> None:
         self._seen.add(pod.uid)
@@ -181,42 +179,10 @@ class _Watcher:
     def gone(self, uid: str) -> asyncio.Event:
         return self._gone.setdefault(uid, asyncio.Event())
 
-    async def run(self, live: AsyncGenerator[PodEvent, None] | None = None) -> None:
-        """Follow `live` (the watch the pods came with) if given, then watches of our own until cancelled."""
-        failures = 0
-        while True:
-            stream = live if live is not None else self._api.watch_on_node(self._node, self._version)
-            live = None
-            try:
-                async for event_type, pod, version in stream:
-                    failures = 0
-                    self._version = version or self._version
-                    if pod is None:
-                        continue
-                    if event_type == "DELETED":
-                        self.gone(pod.uid).set()
-                    elif event_type in ("ADDED", "MODIFIED"):
-                        # A field-selector watch reports a pod newly bound to the node as ADDED.
-                        self._arrive(pod)
-            except SpotqError as exc:
-                failures += 1
-                if isinstance(exc, ApiError) and exc.status == 410:
-                    await self._resync()
-                log.debug("pod watch restarting", extra={"node": self._node, "error": str(exc)[:200]})
-                await asyncio.sleep(_POD_WATCH_BACKOFF.seconds(failures))
-            else:
-                # The server closed the watch (timeout): resync so nothing deleted or bound in between is missed.
-                await self._resync()
-
-    def _arrive(self, pod: Pod) -> None:
-        if pod.uid not in self._seen:
-            self._seen.add(pod.uid)
-            self._arrived(pod)
-
-    async def _resync(self) -> None:
-        try:
-            pods, self._version = await self._api.list_on_node(self._node)
-        except SpotqError:
+    def on_list(self, pods: list[Pod]) -> None:
+        if not self.listed.is_set():
+            self.listed.set()
+            self._found(pods)
             return
         present = {pod.uid for pod in pods}
         for uid, event in self._gone.items():
@@ -224,6 +190,18 @@ class _Watcher:
                 event.set()
         for pod in pods:
             self._arrive(pod)
+
+    def on_event(self, event_type: str, pod: Pod) -> None:
+        if event_type == "DELETED":
+            self.gone(pod.uid).set()
+        elif event_type in ("ADDED", "MODIFIED"):
+            # A field-selector watch reports a pod newly bound to the node as ADDED.
+            self._arrive(pod)
+
+    def _arrive(self, pod: Pod) -> None:
+        if pod.uid not in self._seen:
+            self._seen.add(pod.uid)
+            self._arrived(pod)
 
 
 async def drain(
@@ -277,27 +255,25 @@ class _Drain:
     async def run(self) -> DrainReport:
         loop = asyncio.get_running_loop()
         settled_at = loop.time() + self.options.settle_seconds
-        pods, version, live = await self.api.open_on_node(self.report.node)
-        self.watcher = _Watcher(self.api, self.report.node, version, self._arrival)
+        self.watcher = _Watcher(self._take, self._arrival)
         watch_task: asyncio.Task[None] | None = None
         try:
             with self.due.on_move(lambda at: self.budgets.reorder(self.number, at)):
                 async with self.due.timeout(), asyncio.TaskGroup() as group:
                     self.group = group
-                    watch_task = group.create_task(self.watcher.run(live))
-                    self._take(pods)
+                    watch_task = group.create_task(
+                        self.api.follow_node(self.report.node, self.watcher.on_list, self.watcher.on_event)
+                    )
+                    await self.watcher.listed.wait()  # the first look: its pods are taken (_take) by then
                     await self._settle(settled_at)
                     watch_task.cancel()
         except TimeoutError:
-            # Only work still under way makes it a time-out: an empty node stays complete at the deadline.
-            self.report.timed_out = bool(self.working)
+            # Only work still under way makes it a time-out: an empty node stays complete at the deadline; a node
+            # whose pods could never be listed is not known to be empty.
+            self.report.timed_out = bool(self.working) or not self.watcher.listed.is_set()
         finally:
             if watch_task is not None:
                 watch_task.cancel()
-            if live is not None:
-                # Closed already if the watch task ran; if it never did, this ends the request.
-                with contextlib.suppress(Exception):
-                    await live.aclose()
         self.report.blocked.update(dict(self.pending.values()))
         return self.report
 

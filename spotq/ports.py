@@ -8,10 +8,10 @@ architecture contract in pyproject.toml (import-linter) keeps the stages from im
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 
 from spotq.notices import InstanceId, Kind, LifecycleHook
 
@@ -118,18 +118,12 @@ class Pod:
         return self.phase in FINISHED_PHASES
 
 
-PodEvent = tuple[str, Pod | None, str]  # (watch event type, pod or None for bookmarks, resourceVersion)
-
-
 class PodApi(Protocol):
-    async def open_on_node(self, node: str) -> tuple[list[Pod], str, AsyncGenerator[PodEvent, None] | None]:
-        """The node's pods, their resourceVersion and, where one request gives both, the watch from there on."""
-        ...
-
-    async def list_on_node(self, node: str) -> tuple[list[Pod], str]: ...
-
-    def watch_on_node(self, node: str, version: str) -> AsyncGenerator[PodEvent, None]:
-        """Yield (event type, pod or None for bookmarks, resourceVersion) until the server ends the watch."""
+    async def follow_node(
+        self, node: str, on_list: Callable[[list[Pod]], None], on_event: Callable[[str, Pod], None]
+    ) -> NoReturn:
+        """Mirror the node's pods until cancelled: `on_list` gets every pod on the node, first and after every
+        relist (an expired watch, an interruption); `on_event` gets ADDED / MODIFIED / DELETED and the pod."""
         ...
 
     async def evict(self, pod: Pod, grace_seconds: int | None) -> None: ...

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import NoReturn
 
 from spotq.draining import Pod
 from spotq.errors import ApiError
@@ -24,8 +25,7 @@ class FakePods:
     call_times: list[float] = field(default_factory=list)  # loop time of each evict call
     delete_times: list[float] = field(default_factory=list)  # loop time of each delete call
     recreate: set[str] = field(default_factory=set)  # pod names a controller puts back (new UID) once deleted
-    _watchers: dict[str, list[asyncio.Queue[tuple[str, Pod | None, str]]]] = field(default_factory=dict)
-    _version: int = 1
+    _watchers: dict[str, list[asyncio.Queue[tuple[str, Pod]]]] = field(default_factory=dict)
 
     def add(self, node: str, name: str, group: str = "", **fields: object) -> Pod:
         pod = replace(Pod(namespace="ns", name=name, uid=f"uid-{name}", controller_kind="ReplicaSet"), **fields)  # type: ignore[arg-type]
@@ -38,31 +38,17 @@ class FakePods:
         self._emit(node, "ADDED", pod)
         return pod
 
-    async def list_on_node(self, node: str) -> tuple[list[Pod], str]:
-        self.calls.append(("list", node, None))
-        return [pod for n, pod, _ in self.pods.values() if n == node], str(self._version)
-
-    async def open_on_node(self, node: str) -> tuple[list[Pod], str, AsyncGenerator[tuple[str, Pod | None, str], None]]:
-        """Like watch-list: the pods and, in the same call, a watch from that version on."""
-        self.calls.append(("list", node, None))
-        pods = [pod for n, pod, _ in self.pods.values() if n == node]
-        return pods, str(self._version), self._follow(node)
-
-    def watch_on_node(self, node: str, version: str) -> AsyncGenerator[tuple[str, Pod | None, str], None]:
-        self.calls.append(("watch", node, None))
-        return self._follow(node)
-
-    def _follow(self, node: str) -> AsyncGenerator[tuple[str, Pod | None, str], None]:
-        queue: asyncio.Queue[tuple[str, Pod | None, str]] = asyncio.Queue()
-        self._watchers.setdefault(node, []).append(queue)  # registered now: nothing is missed before iterating
-        return self._drain_queue(node, queue)
-
-    async def _drain_queue(
-        self, node: str, queue: asyncio.Queue[tuple[str, Pod | None, str]]
-    ) -> AsyncGenerator[tuple[str, Pod | None, str], None]:
+    async def follow_node(
+        self, node: str, on_list: Callable[[list[Pod]], None], on_event: Callable[[str, Pod], None]
+    ) -> NoReturn:
+        """Like watch-list: the node's pods, then every change, from one call (a "list" in `calls`)."""
+        queue: asyncio.Queue[tuple[str, Pod]] = asyncio.Queue()
+        self._watchers.setdefault(node, []).append(queue)  # registered before the list: nothing is missed
         try:
+            self.calls.append(("list", node, None))
+            on_list([pod for n, pod, _ in self.pods.values() if n == node])
             while True:
-                yield await queue.get()
+                on_event(*await queue.get())
         finally:
             self._watchers[node].remove(queue)
 
@@ -111,9 +97,8 @@ class FakePods:
             self._emit(node, "ADDED", self.add(node, pod.name, group, uid=f"{pod.uid}-again"))
 
     def _emit(self, node: str, event_type: str, pod: Pod) -> None:
-        self._version += 1
         for queue in self._watchers.get(node, []):
-            queue.put_nowait((event_type, pod, str(self._version)))
+            queue.put_nowait((event_type, pod))
 
     def evictions_of(self, name: str) -> list[int | None]:
         return [grace for verb, pod, grace in self.calls if verb == "evict" and pod == name]

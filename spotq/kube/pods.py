@@ -1,16 +1,14 @@
-"""Pods of one node: list, watch, evict (policy/v1 with a UID precondition), delete. Implements ports.PodApi."""
+"""Pods of one node: followed (watching.list_and_watch, one watch-list request where the server streams a watch's
+initial state), evicted (policy/v1 with a UID precondition), deleted. Implements ports.PodApi."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn
 
-from spotq.errors import ApiError
+from spotq.kube import watching
 from spotq.kube.transport import JSON, Transport
 from spotq.ports import Pod
-
-log = logging.getLogger(__name__)
 
 _MIRROR = "kubernetes.io/config.mirror"
 
@@ -47,59 +45,42 @@ def _critical(spec: JSON) -> bool:
     )
 
 
-_INITIAL_EVENTS_END = "k8s.io/initial-events-end"
-# A server without watch-list (WatchList gate off, as on 1.33, or before 1.27) rejects sendInitialEvents.
-_WATCH_LIST_REFUSED = frozenset({400, 403, 422})
-
-Event = tuple[str, Pod | None, str]
+# A drain has a deadline: a broken pod watch is started again after 0.2 s, doubling up to 2 s.
+DRAIN_BACKOFF = watching.Backoff(initial_seconds=0.2, max_seconds=2.0, denied_max_seconds=2.0)
 
 
 class PodClient:
-    def __init__(self, client: Transport, *, watch_list: bool = True) -> None:
+    def __init__(
+        self, client: Transport, *, watch_list: bool = True, backoff: watching.Backoff = DRAIN_BACKOFF
+    ) -> None:
         self._client = client
-        self._watch_list = watch_list
+        self._watch_list = watching.WatchList(supported=watch_list)
+        self._backoff = backoff
 
-    async def open_on_node(self, node: str) -> tuple[list[Pod], str, AsyncGenerator[Event, None] | None]:
-        """The node's pods and a watch from that moment on, in one request where the server streams the initial
-        state (watch-list, Kubernetes 1.34+); else a list, and the caller starts the watch (None)."""
-        if self._watch_list:
-            query = {
-                "fieldSelector": f"spec.nodeName={node}",
-                "sendInitialEvents": "true",
-                "resourceVersionMatch": "NotOlderThan",
-                "timeoutSeconds": "240",
-            }
-            stream = self._client.watch("/api/v1/pods", query, operation="watch_list_pods")
-            pods: list[Pod] = []
-            try:
-                async for event in stream:
-                    kind, obj = str(event.get("type")), event.get("object") or {}
-                    if kind == "ERROR":
-                        raise _error(obj)
-                    if kind == "ADDED":
-                        pods.append(pod_from(obj))
-                    elif kind == "BOOKMARK" and _initial_events_end(obj):
-                        return pods, _version_of(obj), _events(stream)
-            except ApiError as exc:
-                if exc.status not in _WATCH_LIST_REFUSED:
-                    await stream.aclose()
-                    raise
-                self._watch_list = False
-                log.info("the API server refuses watch-list; listing pods instead", extra={"status": exc.status})
-            await stream.aclose()
-        pods, version = await self.list_on_node(node)
-        return pods, version, None
+    async def follow_node(
+        self, node: str, on_list: Callable[[list[Pod]], None], on_event: Callable[[str, Pod], None]
+    ) -> NoReturn:
+        """The node's pods into `on_list` (first and after each relist), then their changes into `on_event`,
+        until cancelled. The first look is one request where the server allows watch-list (the refusal of a server
+        that does not is remembered by this client)."""
 
-    async def list_on_node(self, node: str) -> tuple[list[Pod], str]:
-        page = await self._client.request(
-            "GET", "/api/v1/pods", query={"fieldSelector": f"spec.nodeName={node}"}, operation="list_pods"
+        async def listed(items: AsyncIterator[JSON]) -> None:
+            on_list([pod_from(item) async for item in items])
+
+        async def changed(kind: str, obj: JSON) -> None:
+            on_event(kind, pod_from(obj))
+
+        resource = watching.Resource(
+            "pods", "/api/v1/pods", {"fieldSelector": f"spec.nodeName={node}"}, hint="grant list and watch on pods"
         )
-        pods = [pod_from(item) for item in page.get("items", [])]
-        return pods, str((page.get("metadata") or {}).get("resourceVersion", ""))
-
-    def watch_on_node(self, node: str, version: str) -> AsyncGenerator[Event, None]:
-        query = {"fieldSelector": f"spec.nodeName={node}", "resourceVersion": version, "timeoutSeconds": "240"}
-        return _events(self._client.watch("/api/v1/pods", query, operation="watch_pods"))
+        await watching.list_and_watch(
+            self._client,
+            resource,
+            on_list=listed,
+            on_event=changed,
+            backoff=self._backoff,
+            watch_list=self._watch_list,
+        )
 
     async def evict(self, pod: Pod, grace_seconds: int | None) -> None:
         await self._client.request(
@@ -121,31 +102,6 @@ class PodClient:
             body={"apiVersion": "v1", "kind": "DeleteOptions", **_delete_options(pod, grace_seconds)},
             operation="delete_pod",
         )
-
-
-async def _events(stream: AsyncGenerator[JSON, None]) -> AsyncGenerator[Event, None]:
-    """Watch events as (type, pod or None for bookmarks, resourceVersion); an ERROR event raises."""
-    try:
-        async for event in stream:
-            kind = str(event.get("type"))
-            obj: dict[str, Any] = event.get("object") or {}
-            if kind == "ERROR":
-                raise _error(obj)
-            yield kind, (None if kind == "BOOKMARK" else pod_from(obj)), _version_of(obj)
-    finally:
-        await stream.aclose()
-
-
-def _error(obj: JSON) -> ApiError:
-    return ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), str(obj.get("message", "")))
-
-
-def _version_of(obj: JSON) -> str:
-    return str((obj.get("metadata") or {}).get("resourceVersion", ""))
-
-
-def _initial_events_end(obj: JSON) -> bool:
-    return ((obj.get("metadata") or {}).get("annotations") or {}).get(_INITIAL_EVENTS_END) == "true"
 
 
 def _delete_options(pod: Pod, grace_seconds: int | None) -> dict[str, Any]:

@@ -1,9 +1,11 @@
-"""One list+watch loop for every in-memory mirror of the cluster (the node index, the PDB budgets).
+"""One list+watch loop for every in-memory mirror of the cluster (the node index, the PDB budgets, a drain's pods).
 
 List (pages of 500, continue tokens), then watch from the list's resourceVersion with bookmarks; a watch the server
-ends is resumed from the last version seen. Any interruption relists: an expired version (410 Gone) at once,
-anything else — a 403 from an API server whose RBAC cache is cold, a 500, a cut connection, a line that is not JSON —
-after a jittered, capped back-off. The loop never returns; the mirror keeps its data logic in two callbacks.
+ends is resumed from the last version seen. Where asked (WatchList) and the server streams a watch's initial state
+(sendInitialEvents), one request gives both: the state as the watch's first events, then the watch from there.
+Any interruption relists: an expired version (410 Gone) at once, anything else — a 403 from an API server whose
+RBAC cache is cold, a 500, a cut connection, a line that is not JSON — after a jittered, capped back-off. The loop
+never returns; the mirror keeps its data logic in two callbacks.
 """
 
 from __future__ import annotations
@@ -62,6 +64,19 @@ class Backoff:
 
 DEFAULT_BACKOFF = Backoff()
 
+
+@dataclass
+class WatchList:
+    """Ask for the list as a watch's initial events (sendInitialEvents; Kubernetes 1.34+, or the WatchList gate):
+    one request instead of a list and a watch. A server that refuses it is remembered here and listed instead."""
+
+    supported: bool = True
+
+
+# A server without watch-list (WatchList gate off, as on 1.33, or before 1.27) rejects sendInitialEvents.
+_WATCH_LIST_REFUSED = frozenset({400, 403, 422})
+_INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
 OnList = Callable[[AsyncIterator[JSON]], Awaitable[None]]
 OnEvent = Callable[[str, JSON], Awaitable[None]]
 
@@ -74,21 +89,26 @@ async def list_and_watch(
     on_event: OnEvent,
     on_lost: Callable[[], None] | None = None,
     backoff: Backoff = DEFAULT_BACKOFF,
+    watch_list: WatchList | None = None,
 ) -> NoReturn:
     """Mirror `resource` forever. `on_list` gets every item of a full list (consume it to the end; it may raise
     from a later page); `on_event` gets ADDED / MODIFIED / DELETED with the object; `on_lost` is called whenever
-    the mirror stops being current (before the pause and relist)."""
+    the mirror stops being current (before the pause and relist). With `watch_list`, each list is the initial
+    state of a watch that then goes on, where the server allows it."""
     failures = 0
     told_denied = False
     while True:
         try:
-            version = await _list(transport, resource, on_list)
+            version, live = await _open(transport, resource, on_list, watch_list)
             if failures:
                 log.info("watch resumed", extra={"resource": resource.name})
             while True:
                 progressed = False
-                async with contextlib.aclosing(_watch(transport, resource, version)) as events:
-                    async for kind, obj in events:
+                stream = live if live is not None else _watch(transport, resource, version)
+                live = None
+                async with contextlib.aclosing(stream) as events:
+                    async for event in events:
+                        kind, obj = _decoded(event)
                         version = str((obj.get("metadata") or {}).get("resourceVersion", version))
                         failures, progressed = 0, True
                         if kind in ("ADDED", "MODIFIED", "DELETED"):
@@ -138,19 +158,78 @@ async def _list(transport: Transport, resource: Resource, on_list: OnList) -> st
     return version
 
 
-async def _watch(transport: Transport, resource: Resource, version: str) -> AsyncGenerator[tuple[str, JSON], None]:
-    """One watch from `version` until the server ends it: (type, object) pairs; an ERROR event raises ApiError."""
+async def _open(
+    transport: Transport, resource: Resource, on_list: OnList, watch_list: WatchList | None
+) -> tuple[str, AsyncGenerator[JSON, None] | None]:
+    """A full list into `on_list`: the version it is at and, if it came as a watch's initial state, that watch."""
+    if watch_list is not None and watch_list.supported:
+        query = {
+            "sendInitialEvents": "true",
+            "resourceVersionMatch": "NotOlderThan",
+            "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS),
+            **resource.scope,
+        }
+        stream = transport.watch(resource.path, query, operation=f"watch_list_{resource.name}")
+        try:
+            initial = await _initial_state(stream)
+        except ApiError as exc:
+            await stream.aclose()
+            if exc.status not in _WATCH_LIST_REFUSED:
+                raise
+            watch_list.supported = False
+            log.info(
+                "the API server refuses watch-list; listing instead",
+                extra={"resource": resource.name, "status": exc.status},
+            )
+        except BaseException:
+            await stream.aclose()
+            raise
+        else:
+            if initial is not None:
+                version, items = initial
+                try:
+                    await on_list(_iterate(items))
+                except BaseException:
+                    await stream.aclose()
+                    raise
+                return version, stream
+            await stream.aclose()  # ended before the initial state was complete: list instead
+    return await _list(transport, resource, on_list), None
+
+
+async def _initial_state(stream: AsyncGenerator[JSON, None]) -> tuple[str, list[JSON]] | None:
+    """The objects a watch-list stream sends up to its initial-events-end bookmark, and that bookmark's version;
+    None if the stream ends before it."""
+    items: list[JSON] = []
+    async for event in stream:
+        kind, obj = _decoded(event)
+        if kind == "ADDED":
+            items.append(obj)
+        elif kind == "BOOKMARK":
+            meta = obj.get("metadata") or {}
+            if (meta.get("annotations") or {}).get(_INITIAL_EVENTS_END) == "true":
+                return str(meta.get("resourceVersion", "")), items
+    return None
+
+
+async def _iterate(items: list[JSON]) -> AsyncIterator[JSON]:
+    for item in items:
+        yield item
+
+
+def _watch(transport: Transport, resource: Resource, version: str) -> AsyncGenerator[JSON, None]:
+    """One watch from `version` until the server ends it."""
     query = {"resourceVersion": version, "timeoutSeconds": str(WATCH_TIMEOUT_SECONDS), **resource.scope}
-    stream = transport.watch(resource.path, query, operation=f"watch_{resource.name}")
-    try:
-        async for event in stream:
-            kind = str(event.get("type"))
-            obj: JSON = event.get("object") or {}
-            if kind == "ERROR":
-                raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), str(obj.get("message", "")))
-            yield kind, obj
-    finally:
-        await stream.aclose()
+    return transport.watch(resource.path, query, operation=f"watch_{resource.name}")
+
+
+def _decoded(event: JSON) -> tuple[str, JSON]:
+    """A watch event as (type, object); an ERROR event raises ApiError."""
+    kind = str(event.get("type"))
+    obj: JSON = event.get("object") or {}
+    if kind == "ERROR":
+        raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), str(obj.get("message", "")))
+    return kind, obj
 
 
 def _reason(exc: Exception) -> str:

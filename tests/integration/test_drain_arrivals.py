@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import Callable
+from typing import NoReturn
 
 import pytest
 
 from spotq import draining
 from spotq.draining import DrainOptions, Pod
 from spotq.kube.client import KubeClient
-from spotq.kube.pods import Event, PodClient
+from spotq.kube.pods import PodClient
 from spotq.settings import KubeSettings
 from testenv import LocalCluster
 from testenv.workloads import KWOK_ANNOTATION
@@ -28,10 +29,14 @@ class WatchedPodClient(PodClient):
         super().__init__(client)
         self.opened = asyncio.Event()
 
-    async def open_on_node(self, node: str) -> tuple[list[Pod], str, AsyncGenerator[Event, None] | None]:
-        found = await super().open_on_node(node)
-        self.opened.set()
-        return found
+    async def follow_node(
+        self, node: str, on_list: Callable[[list[Pod]], None], on_event: Callable[[str, Pod], None]
+    ) -> NoReturn:
+        def listed(pods: list[Pod]) -> None:
+            on_list(pods)
+            self.opened.set()
+
+        await super().follow_node(node, listed, on_event)
 
 
 def bind_pod(cluster: LocalCluster, namespace: str, node: str, name: str) -> str:

@@ -1,17 +1,26 @@
-"""PodClient.open_on_node: pods and the watch in one request (watch-list), or a list where the server refuses it."""
+"""PodClient.follow_node over the fake transport: the pods and the watch in one request (watch-list), a list and a
+watch where the server refuses it, and watching.list_and_watch's relists (410 at once, anything else after a
+back-off) for the drain's pod watch."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from spotq.errors import ApiError, TransientError
+from spotq.kube import watching
 from spotq.kube.pods import PodClient
 from spotq.kube.transport import WatchStreamError
-from tests.unit.fake_transport import FakeTransport
+from spotq.observability import metrics
+from spotq.ports import Pod
+from tests.unit.fake_transport import HOLD, FakeTransport
 
 JSON = dict[str, Any]
+FAST = watching.Backoff(initial_seconds=0.01, max_seconds=0.01, denied_max_seconds=0.01)
 
 
 def pod(name: str, version: str) -> JSON:
@@ -31,64 +40,123 @@ def listed() -> JSON:
     return {"metadata": {"resourceVersion": "7"}, "items": [pod("a", "5")]}
 
 
+def expired() -> JSON:
+    return {"type": "ERROR", "object": {"code": 410, "reason": "Expired", "message": "too old resource version"}}
+
+
+def restarts(reason: str) -> float:
+    labels = {"resource": "pods", "reason": reason}
+    return metrics.REGISTRY.get_sample_value("spotq_watch_restarts_total", labels) or 0.0
+
+
 REFUSED = ApiError(422, "Unprocessable Entity", "sendInitialEvents is forbidden")  # a server without watch-list
 
 
-def client(transport: FakeTransport) -> PodClient:
-    return PodClient(transport)
+@dataclass
+class Follower:
+    """What a drain's watcher gets through follow_node's callbacks."""
+
+    lists: list[list[str]] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on_list(self, pods: list[Pod]) -> None:
+        self.lists.append([p.name for p in pods])
+        self._changed.set()
+
+    def on_event(self, kind: str, pod: Pod) -> None:
+        self.events.append((kind, pod.name))
+        self._changed.set()
+
+    async def seen(self, predicate: Callable[[], object]) -> None:
+        while not predicate():
+            self._changed.clear()
+            await self._changed.wait()
+
+    async def follow(self, client: PodClient, until: Awaitable[None]) -> None:
+        """follow_node until `until` is done (5 s at most), then cancel it; it must not have ended by itself."""
+        task = asyncio.create_task(client.follow_node("n1", self.on_list, self.on_event))
+        try:
+            async with asyncio.timeout(5):
+                await until
+            assert not task.done()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_watch_list_gives_the_pods_and_then_the_live_watch_from_one_request() -> None:
     later = {"type": "DELETED", "object": pod("a", "9")}
     kube = FakeTransport(
-        streams={"watch_list_pods": [[{"type": "ADDED", "object": pod("a", "5")}, initial_end("8"), later]]}
+        streams={"watch_list_pods": [[{"type": "ADDED", "object": pod("a", "5")}, initial_end("8"), later, HOLD]]}
     )
-    pods, version, live = await client(kube).open_on_node("n1")
-    assert [p.name for p in pods] == ["a"] and version == "8"
-    assert kube.calls[0].query["sendInitialEvents"] == "true"
-    assert kube.calls[0].query["resourceVersionMatch"] == "NotOlderThan"
-    assert live is not None
-    events = [(kind, p.name if p else None, rv) async for kind, p, rv in live]
-    assert events == [("DELETED", "a", "9")]
+    seen = Follower()
+    await seen.follow(PodClient(kube), seen.seen(lambda: seen.events))
+    assert seen.lists == [["a"]] and seen.events == [("DELETED", "a")]
+    query = kube.calls[0].query
+    assert query["sendInitialEvents"] == "true" and query["resourceVersionMatch"] == "NotOlderThan"
+    assert query["fieldSelector"] == "spec.nodeName=n1"
     assert kube.operations() == ["watch_list_pods"] and kube.watches_closed == 1
 
 
-async def test_a_server_without_watch_list_gets_a_list_and_is_not_asked_again() -> None:
+async def test_a_server_without_watch_list_gets_a_list_and_a_watch_and_is_not_asked_again() -> None:
     kube = FakeTransport(answers={"list_pods": [listed(), listed()]}, streams={"watch_list_pods": [[REFUSED]]})
-    pods_client = client(kube)
-    for _ in range(2):
-        pods, version, live = await pods_client.open_on_node("n1")
-        assert [p.name for p in pods] == ["a"] and version == "7" and live is None
-    assert kube.operations() == ["watch_list_pods", "list_pods", "list_pods"]  # the refusal is remembered
+    client = PodClient(kube)
+    for watches in (1, 2):
+        seen = Follower()
+        await seen.follow(client, kube.wait_for_calls("watch_pods", watches))
+        assert seen.lists == [["a"]]
+    assert kube.operations() == ["watch_list_pods", "list_pods", "watch_pods", "list_pods", "watch_pods"]
+    watch = kube.calls[-1].query  # the refusal is remembered
+    assert watch["resourceVersion"] == "7" and watch["fieldSelector"] == "spec.nodeName=n1"
 
 
 async def test_a_watch_that_ends_before_the_initial_state_falls_back_to_a_list() -> None:
     kube = FakeTransport(
         answers={"list_pods": [listed()]}, streams={"watch_list_pods": [[{"type": "ADDED", "object": pod("a", "5")}]]}
     )
-    pods, version, live = await client(kube).open_on_node("n1")
-    assert [p.name for p in pods] == ["a"] and version == "7" and live is None
-    assert kube.operations() == ["watch_list_pods", "list_pods"] and kube.watches_closed == 1
+    seen = Follower()
+    await seen.follow(PodClient(kube), kube.wait_for_calls("watch_pods", 1))
+    assert seen.lists == [["a"]], "a partial initial state is never handed on"
+    assert kube.operations() == ["watch_list_pods", "list_pods", "watch_pods"]
 
 
 @pytest.mark.parametrize(
-    "failure",
-    [ApiError(500, "Internal Server Error", "etcd down"), WatchStreamError("watch_list_pods: watch line is not JSON")],
+    ("failure", "reason"),
+    [
+        (ApiError(500, "Internal Server Error", "etcd down"), "api_error"),
+        (WatchStreamError("watch_list_pods: watch line is not JSON"), "stream"),
+    ],
     ids=["http-500", "cut-line"],
 )
-async def test_other_errors_are_raised_not_mistaken_for_a_missing_feature(failure: TransientError) -> None:
-    kube = FakeTransport(streams={"watch_list_pods": [[{"type": "ADDED", "object": pod("a", "5")}, failure]]})
-    with pytest.raises(TransientError) as raised:
-        await client(kube).open_on_node("n1")
-    assert raised.value is failure, "a failure must not pass as an empty node"
-    assert kube.operations() == ["watch_list_pods"] and kube.watches_closed == 1
+async def test_other_errors_are_retried_not_mistaken_for_a_missing_feature(
+    failure: TransientError, reason: str
+) -> None:
+    first = [{"type": "ADDED", "object": pod("a", "5")}, failure]
+    kube = FakeTransport(
+        streams={"watch_list_pods": [first, [{"type": "ADDED", "object": pod("a", "5")}, initial_end("8"), HOLD]]}
+    )
+    before = restarts(reason)
+    seen = Follower()
+    await seen.follow(PodClient(kube, backoff=FAST), seen.seen(lambda: seen.lists))
+    assert seen.lists == [["a"]], "a failure must not pass as an empty node"
+    assert kube.operations() == ["watch_list_pods", "watch_list_pods"]  # still asked for watch-list
+    assert restarts(reason) == before + 1
 
 
-async def test_a_broken_live_watch_is_a_transient_error_for_the_drains_watcher_to_restart() -> None:
-    cut = WatchStreamError("watch_pods: watch line is not JSON")
-    kube = FakeTransport(streams={"watch_pods": [[{"type": "MODIFIED", "object": pod("a", "6")}, cut]]})
-    seen: list[str] = []
-    with pytest.raises(TransientError):
-        async for kind, _, version in client(kube).watch_on_node("n1", "5"):
-            seen.append(f"{kind}@{version}")
-    assert seen == ["MODIFIED@6"] and kube.calls[0].query["resourceVersion"] == "5" and kube.watches_closed == 1
+async def test_an_expired_watch_relists_at_once_and_a_broken_one_after_a_back_off() -> None:
+    cut = WatchStreamError("watch_list_pods: watch line is not JSON")
+    kube = FakeTransport(
+        streams={
+            "watch_list_pods": [
+                [{"type": "ADDED", "object": pod("a", "5")}, initial_end("8"), expired()],
+                [{"type": "ADDED", "object": pod("b", "9")}, initial_end("10"), cut],
+                [initial_end("12"), {"type": "ADDED", "object": pod("c", "13")}, HOLD],
+            ]
+        }
+    )
+    expired_before, cut_before = restarts("expired"), restarts("stream")
+    seen = Follower()
+    await seen.follow(PodClient(kube, backoff=FAST), seen.seen(lambda: seen.events))
+    assert seen.lists == [["a"], ["b"], []] and seen.events == [("ADDED", "c")]
+    assert restarts("expired") == expired_before + 1 and restarts("stream") == cut_before + 1

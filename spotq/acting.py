@@ -18,7 +18,7 @@ from typing import Any
 from spotq import clock, draining, owning, planning, plans, records
 from spotq.budgets import Budgets
 from spotq.draining import DrainDeadline, DrainOptions, DrainReport
-from spotq.errors import PermanentError, TransientError
+from spotq.errors import PermanentError, SpotqError, TransientError
 from spotq.notices import LifecycleHook, Notice, StateChange
 from spotq.observability import logs, metrics
 from spotq.ports import (
@@ -57,6 +57,8 @@ class ActorConfig:
     heartbeat_seconds: float
     complete_delay_seconds: float = 0.0
     """SPOTQ_DRAIN__LIFECYCLE_COMPLETE_DELAY_SECONDS: a pause before completing a terminate hook, in its deadline."""
+    evict_own_pod: bool = False
+    """SPOTQ_DRAIN__EVICT_OWN_POD: once spotq's own node is drained, evict spotq's own pod so it is rescheduled."""
 
 
 class Actor:
@@ -522,7 +524,25 @@ class Actor:
         await self._writer.record_drain(fresh, state)
         if report.complete:
             _remember(self._drained, node.uid)
+        if report.protected and self._config.evict_own_pod:
+            await self._leave(node, report.protected, log)
         return report
+
+    async def _leave(self, node: NodeRef, own: list[Pod], log: logs.Context) -> None:
+        """spotq's own node is going and everything else on it has been dealt with: evict spotq's own pod, so its
+        controller starts the replacement on another node now rather than after the node is gone. SIGTERM then
+        hands this process's messages back and its Lease over (see app.run); the replacement, or another replica,
+        resumes the drains from the nodes' records."""
+        for pod in own:
+            context = log.bind(pod=pod.key)
+            try:
+                await self._pods.evict(pod, None)
+            except SpotqError as exc:
+                error = str(exc)[:300]
+                context.warning("could not evict spotq's own pod from its drained node", extra={"error": error})
+                continue
+            context.warning("spotq's own node was drained: evicted spotq's own pod to be rescheduled elsewhere")
+            await self._announce(node, "SpotqRescheduled", f"spotq's own pod {pod.key} evicted to run elsewhere")
 
     async def _after_marks(self) -> None:
         """Wait (bounded) until no node is being marked: see MARKS_FIRST_SECONDS."""

@@ -160,6 +160,7 @@ async def open_core(
             drain=drain_options(settings),
             heartbeat_seconds=settings.drain.lifecycle_heartbeat_seconds,
             complete_delay_seconds=settings.drain.lifecycle_complete_delay_seconds,
+            evict_own_pod=settings.drain.evict_own_pod,
         ),
         drain_slots=DeadlineSlots(settings.drain.max_concurrent_nodes),
         evictions=asyncio.Semaphore(settings.drain.max_concurrent_evictions),

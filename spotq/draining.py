@@ -114,6 +114,7 @@ class DrainReport:
     blocked: dict[str, str] = field(default_factory=dict)
     forced: dict[str, str] = field(default_factory=dict)  # pod key → why it was deleted without an eviction
     timed_out: bool = False
+    protected: list[Pod] = field(default_factory=list)  # options.protected pods found on the node (spotq's own)
 
     @property
     def complete(self) -> bool:
@@ -304,6 +305,10 @@ class _Drain:
         for pod in pods:
             self.watcher.seen(pod)
         self.report.skipped.extend(pod.key for pod in selection.skipped)
+        # spotq's own pod, unless a DaemonSet's (IMDS mode: its controller would put it back on this node).
+        self.report.protected.extend(
+            pod for pod in selection.skipped if pod.key in self.options.protected and pod.controller_kind != "DaemonSet"
+        )
         self.report.blocked.update({pod.key: reason for pod, reason in selection.refused})
         for pod in (*selection.evict, *selection.wait_only):
             self.watcher.gone(pod.uid)  # registered before any event about it can come

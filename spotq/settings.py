@@ -175,6 +175,12 @@ class DrainSettings(_Group):
         description="A drain is complete only this long after it started with nothing left on the node, s: pods "
         "bound to the node just before its taint (or re-created onto it) are seen and evicted too.",
     )
+    evict_own_pod: bool = Field(
+        True,
+        description="When spotq's own node is drained (its pod known from SPOTQ_KUBE__POD_NAME), evict spotq's own "
+        "pod last, so its replacement starts elsewhere now instead of after the node is gone; its messages are "
+        "handed back and its drains resumed from the nodes' records.",
+    )
     critical_pods_reserve_seconds: float = Field(
         20.0,
         ge=0,

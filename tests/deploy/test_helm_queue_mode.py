@@ -215,7 +215,8 @@ def _spotq_env(local_cluster: LocalCluster, moto: MotoServer, kubeconfig: Path, 
     """The installed Deployment's literal SPOTQ_* settings, plus what differs outside the cluster.
 
     spotq runs here as a process standing in for the Deployment's (kwok-simulated) `pod`: it takes that pod's name as
-    the downward API would give it, so it must never evict that pod.
+    the downward API would give it, so its drains must never evict that pod; once that pod's node is drained, it
+    evicts it itself (SPOTQ_DRAIN__EVICT_OWN_POD) so that the replacement starts elsewhere.
     """
     deployment = local_cluster.client.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{RELEASE}")
     (spotq,) = deployment["spec"]["template"]["spec"]["containers"]
@@ -281,7 +282,8 @@ def test_spot_interruption_on_the_bus_drains_the_node_as_the_chart_service_accou
     tmp_path: Path,
 ) -> None:
     target, instance_id, spare = web_pods_on_one_node(local_cluster, namespace)
-    # spotq's own pod on the very node it will drain: it must be left alone (and not only by luck of placement).
+    # spotq's own pod on the very node it will drain: the drain leaves it alone (and not only by luck of placement),
+    # then spotq evicts it last, as the chart's ServiceAccount, to be rescheduled before the node goes.
     own = _own_pod_on(local_cluster, target)
     env = _spotq_env(local_cluster, moto_server, token_kubeconfig, own)
     assert env["SPOTQ_QUEUE__URL"] == stack["QueueURL"]
@@ -329,10 +331,16 @@ def test_spot_interruption_on_the_bus_drains_the_node_as_the_chart_service_accou
         )
         assert any(e.get("source", {}).get("component") == "spotq" for e in events)
 
-        # Its own pod, on the drained node, was left alone.
-        assert [(p["metadata"]["uid"], p["spec"]["nodeName"]) for p in _release_pods(local_cluster)] == [
-            (own["metadata"]["uid"], target)
-        ]
+        # Its own pod, on the drained node, was evicted after the rest (the node said so), by spotq itself.
+        def own_evicted() -> bool:
+            return own["metadata"]["uid"] not in {p["metadata"]["uid"] for p in _release_pods(local_cluster)}
+
+        wait_until("spotq's own pod evicted", own_evicted, timeout=60, interval=0.5, processes=[spotq])
+        events = local_cluster.client.list_items(
+            "/api/v1/namespaces/default/events", fieldSelector=f"involvedObject.name={target}"
+        )
+        reasons = [e["reason"] for e in events if e.get("source", {}).get("component") == "spotq"]
+        assert "DrainFinished" in reasons and "SpotqRescheduled" in reasons
     finally:
         code = spotq.stop(timeout=30)
         _own_pod_anywhere(local_cluster)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -503,3 +504,37 @@ async def test_the_drain_deadline_is_measured_from_the_notices_receipt_not_from_
     plan = replace(planning.plan(notice, POLICY, received.wall), deadline=received.wall + timedelta(seconds=2))
     report = await actor.act(plan, notice, node_ref(NODE_JSON, selectors.parse("")), received, logs.get("t"))
     assert report is not None and report.complete and report.evicted == ["ns/web-1"]
+
+
+async def test_spotqs_own_pod_is_evicted_last_once_its_node_is_drained() -> None:
+    NOW = datetime.now(UTC)  # noqa: N806 - per test: a module-level clock goes stale in a long session
+    pods = FakePods(delete_delay_seconds=0.2)
+    pods.add("n1", "web-0")
+    pods.add("n1", "spotq-abc", controller_kind="ReplicaSet")
+    actor, _, events, _ = make_actor(pods)
+    protect = dataclasses.replace(actor._config.drain, protected=frozenset({"ns/spotq-abc"}))
+    actor._config = dataclasses.replace(actor._config, drain=protect, evict_own_pod=True)
+    spot = SpotInterruption(
+        event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120)
+    )
+    await act(actor, spot)
+    evictions = [name for verb, name, _ in pods.calls if verb == "evict"]
+    assert evictions == ["web-0", "spotq-abc"]  # the drain never evicts it; leaving does, after the others went
+    assert pods.call_times[1] >= pods.call_times[0] + 0.2
+    assert "SpotqRescheduled" in events.reasons
+
+
+async def test_spotqs_own_pod_stays_when_leaving_is_off_or_it_is_a_daemonset_pod() -> None:
+    NOW = datetime.now(UTC)  # noqa: N806
+    for evict_own, kind in ((False, "ReplicaSet"), (True, "DaemonSet")):
+        pods = FakePods()
+        pods.add("n1", "web-0")
+        pods.add("n1", "spotq-abc", controller_kind=kind)
+        actor, _, _, _ = make_actor(pods)
+        protect = dataclasses.replace(actor._config.drain, protected=frozenset({"ns/spotq-abc"}))
+        actor._config = dataclasses.replace(actor._config, drain=protect, evict_own_pod=evict_own)
+        spot = SpotInterruption(
+            event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120)
+        )
+        await act(actor, spot)
+        assert [name for verb, name, _ in pods.calls if verb == "evict"] == ["web-0"]

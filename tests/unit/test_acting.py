@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from spotq import acting, planning, selectors
+from spotq import acting, drain_runs, planning, selectors
 from spotq.draining import DrainOptions
 from spotq.kube.marks import (
     Marks,
@@ -182,7 +182,7 @@ async def test_a_drain_that_queued_for_a_slot_says_so_in_its_closing_event() -> 
 
     async def occupy() -> None:
         async with actor._drain_slots.hold(asyncio.get_running_loop().time() + 600):
-            await asyncio.sleep(acting.SLOT_WAIT_REPORT_SECONDS + 0.1)
+            await asyncio.sleep(drain_runs.SLOT_WAIT_REPORT_SECONDS + 0.1)
 
     holder = asyncio.create_task(occupy())
     await asyncio.sleep(0)

@@ -1,7 +1,7 @@
 """Which replica drains a node when several consume one queue: pure decisions on the node's drain record
 (ports.DrainRecord: the drainer on record and the drain's state) and whether a drainer's Lease is live.
 
-acting.py asks before each drain: drain (the claim is this replica's), claim first (nobody live drains the node), or
+handover.py asks before each drain: drain (the claim is this replica's), claim first (nobody live drains the node), or
 wait for the replica that does (until its record says the drain ended, or its Lease expires). The claim itself is a
 node PATCH carrying the resourceVersion it was decided on, so of two replicas claiming at once exactly one wins.
 """

@@ -28,17 +28,27 @@ import statistics
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from faults.audit import Audit
 from faults.env import Spotq
-from faults.observe import ClusterPoller, NodeSeen, ProcessSampler
+from faults.observe import BudgetSeen, NodeSeen, ProcessSampler
 from faults.wave import WINDOW_SECONDS
 
 RESUME_TARGET_SECONDS = 5.0
 RSS_GROWTH_TARGET_PCT = 10.0
 FINAL_DRAIN_STATES = ("finished", "timed-out", "blocked")
 TRACEBACK = "Traceback (most recent call last)"
+
+
+class Seen(Protocol):
+    """What the cluster poller (observe.ClusterPoller) saw."""
+
+    nodes: dict[str, NodeSeen]
+    budgets: dict[str, BudgetSeen]
+    gaps: list[tuple[float, float]]
+
+    def pods_seen_after(self, node: str, when: float) -> int | None: ...
 
 
 @dataclass
@@ -170,7 +180,7 @@ def figure(
     scenario: str,
     title: str,
     interruptions: list[Interruption],
-    poller: ClusterPoller,
+    poller: Seen,
     audit: Audit,
     deleted: dict[str, float],
     processes: list[Spotq],
@@ -254,7 +264,7 @@ def _duplicate_drain(node: str, seen: NodeSeen, audit: Audit) -> str:
 
 def _stuck(
     interruptions: list[Interruption],
-    poller: ClusterPoller,
+    poller: Seen,
     queue_left: int | None,
     sampler: ProcessSampler,
     serving: Iterable[Spotq],

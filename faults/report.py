@@ -108,6 +108,11 @@ def header(result: dict[str, Any]) -> str:
         f"{max(loads, default=0):.1f} (1 min, before/after each scenario); "
         f"{result['wall_seconds'] / 60:.0f} min in all."
     )
+    version = result.get("spotq") or {}
+    if version.get("commit"):
+        dirty = version.get("uncommitted_spotq_files") or []
+        changed = f" with {len(dirty)} files of spotq/ changed" if dirty else ""
+        text += f" spotq at {version['commit']}{changed}."
     if result.get("note"):
         text += f" {result['note']}"
     return text

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -93,11 +94,23 @@ def run_one(name: str, opts: Options, args: argparse.Namespace, workdir: Path) -
     return doc
 
 
+def spotq_version() -> dict[str, object]:
+    """The commit the spotq processes ran from, and whether spotq/ differed from it (other work in progress)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, check=False)
+        return done.stdout.strip()
+
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "../spotq").splitlines()]
+    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_spotq_files": changed}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     opts = options(args)
     names = args.scenario or list(SCENARIOS)
     workdir = Path(tempfile.mkdtemp(prefix="spotq-faults-"))
+    version = spotq_version()
     docs = []
     started = time.time()
     for name in names:
@@ -110,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "started": time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 1),
         "machine": procstat.machine(),
+        "spotq": version,
         "load_averages": [(d["scenario"], d["load_average_before"], d["load_average_after"]) for d in docs],
         "note": args.note,
         "options": {k: v for k, v in vars(opts).items() if k != "settings"} | {"settings": opts.settings},

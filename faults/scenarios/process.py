@@ -129,52 +129,73 @@ def replicas(env: Environment, opts: Options, count: int) -> Figures:
 
 def own_node(env: Environment, opts: Options) -> Figures:
     """spotq's own node is in the wave. spotq runs as the pod `spotq-own` on one of the Spot nodes (a Pod object
-    kwok runs; the process is told its name through the downward API settings); when the node's deadline comes,
-    the node dies with whatever still runs there (the process killed, the Node deleted). Measured: whether the
-    other drains finish, whether spotq got itself off its node before it died, and how long no spotq ran.
+    kwok runs; the process is told its name through the downward API settings). What a kubelet and the pod's
+    controller would do is done here: when the pod is deleted (spotq evicted itself) the process gets SIGTERM and
+    a replacement pod is bound to an on-demand node, with a new process for it; when the node's deadline comes
+    with spotq still on it, the node dies with it (the process killed, the Node deleted).
 
-    Not measured here (issue 11 asks for it, spotq does not yet have it): handing the work over to another
-    replica; with replicas the scenario would start a second one on an on-demand node (the hook is
-    `opts.replicas`)."""
+    Measured: whether spotq got off its node before it died, the gap with no ready spotq, how soon the
+    replacement took over the drains the old process left, and the usual figures for the whole wave."""
     trial = Trial(env, opts, "own-node", "spotq's own node interrupted")
     host = trial.wave.nodes[0].node_name
-    pod = _place_own_pod(env, host)
+    pod = _place_own_pod(env, host, "spotq-own")
     proc = env.spotq(pod)
     trial.interrupt()
     own_deadline = trial.deadline()
     evicted_at: float | None = None
-    while time.time() < own_deadline - 10:  # spotq's own safety margin: its drain ends 10 s before
+    idle_since: float | None = None
+    while time.time() < own_deadline - 10:  # spotq's own drains end 10 s before the deadline (its safety margin)
         found_pod = env.kube.client.get_or_none(f"/api/v1/namespaces/spotq-system/pods/{pod}")
         if found_pod is None or found_pod["metadata"].get("deletionTimestamp"):
             evicted_at = time.time()
             break
-        if not trial.unfinished():
-            break
+        if trial.unfinished():
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.time()
+        elif time.time() - idle_since > 15:
+            break  # every drain over and spotq still on its node: it is staying
         time.sleep(0.5)
-    survived = proc.alive() and evicted_at is None
-    died_at: float | None = None
-    if survived:
-        # spotq is still on its node when the node is reclaimed: wait for the instance's end, then it dies.
-        time.sleep(max(0.0, own_deadline - time.time()))
-        died_at = proc.kill()
-        env.kube.delete_nodes([host])
-    trial.settle(until=own_deadline + opts.tail)
-    found = trial.finish(serving=[] if survived else [proc])
-    found.details.update(
-        {
-            "own_pod_evicted_seconds": round(evicted_at - trial.wave.event_time, 1) if evicted_at else None,
-            "died_with_its_node": survived,
-            "killed_at_seconds": round(died_at - trial.wave.event_time, 1) if died_at else None,
-            "handover": "none: spotq skips its own pod and has no handover yet",
+    serving = []
+    details: dict[str, object] = {}
+    if evicted_at is not None:
+        terminated = proc.terminate()  # the kubelet stops the evicted pod's container
+        spare = trial.wave.spares[0].node_name
+        replacement = env.spotq(_place_own_pod(env, spare, "spotq-own-2"))
+        assert replacement.ready is not None
+        proc.wait_exit(90)
+        exited = proc.ended or time.time()
+        unfinished = trial.unfinished()
+        serving = [replacement]
+        trial.settle()
+        found = trial.finish(serving=serving)
+        waits = {
+            node: _since(trial.audit.first_drain_request(replacement.user, node, after=terminated), exited)
+            for node in unfinished
         }
-    )
-    found.own_targets["off its node before it died"] = not survived
+        measure.resumed(
+            found, waits, "old pod's process exited → the replacement's first request for each unfinished node"
+        )
+        details = {
+            "own_pod_evicted_seconds": round(evicted_at - trial.wave.event_time, 1),
+            "replacement_ready_seconds": round(replacement.ready - trial.wave.event_time, 1),
+            "old_exit_seconds": round(exited - trial.wave.event_time, 1),
+            "unfinished_when_old_exited": len(unfinished),
+        }
+    else:
+        time.sleep(max(0.0, own_deadline - time.time()))  # the instance's end: spotq dies with its node
+        died = proc.kill() if proc.alive() else time.time()
+        env.kube.delete_nodes([host])
+        trial.settle(until=own_deadline + opts.tail)
+        found = trial.finish(serving=serving)
+        details = {"died_with_its_node_seconds": round(died - trial.wave.event_time, 1)}
+    found.details.update(details)
+    found.own_targets["off its node before it died"] = evicted_at is not None
     return found
 
 
-def _place_own_pod(env: Environment, node: str) -> str:
-    """A Pod standing for spotq's own, bound to `node` (the scheduler is bypassed: it is the node in the wave)."""
-    name = "spotq-own"
+def _place_own_pod(env: Environment, node: str, name: str) -> str:
+    """A Pod standing for spotq's own, bound to `node` (the scheduler is bypassed: the node is chosen)."""
     body = {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -58,3 +58,12 @@ def test_sigterm_mid_wave_with_the_new_process_up_loses_nothing_and_hands_over(e
     assert found.details["old_exit_code"] == 0
     assert found.resume_never == 0
     assert found.missed() == []
+
+
+def test_two_replicas_on_one_wave_one_killed_mid_wave_drain_each_node_once_and_take_over(env: Environment) -> None:
+    assert process.replicas_available() == ""  # multi-replica coordination is in (SPOTQ_KUBE__REPLICA_LEASE_SECONDS)
+    found = process.replicas(env, small(), count=2)
+    print(shown(found), found.details["claims_at_kill"])
+    assert found.details["unfinished_of_killed"] > 0
+    assert found.resume_never == 0
+    assert found.missed() == []

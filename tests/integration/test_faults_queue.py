@@ -66,3 +66,22 @@ def test_a_hung_sqs_endpoint_loses_nothing_and_spotq_recovers(env: Environment) 
     found = queue.sqs_hung(env, small(sqs_outage=10.0))
     print(shown(found))
     assert found.missed() == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: after an SQS outage /readyz stays 503 for a whole long poll (~20 s) while spotq already receives "
+    "again: Dispatcher.ready() reports 'queue receive failing' until a receive returns, and the first receive after "
+    "the outage returns only when its 20 s long poll ends (45 s outages: 21.0 and 21.5 s; receiving itself resumed "
+    "0.5 s after the endpoint came back)",
+)
+def test_after_an_sqs_endpoint_refused_connections_spotq_says_ready_within_5_s_of_its_return(
+    env: Environment,
+) -> None:
+    # 45 s, as in the report: long enough for receives to fail in spotq, not only inside the SDK's own retries (a
+    # 10 s outage can pass within them, and then readiness never turns).
+    found = queue.sqs_refused(env, small(sqs_outage=45.0))
+    print(shown(found), found.details["ready_again_after_seconds"])
+    assert found.resume_seconds is not None and found.resume_seconds <= 5  # receiving again: not the defect
+    ready = found.details["ready_again_after_seconds"]
+    assert isinstance(ready, float) and ready <= 5

@@ -49,6 +49,10 @@ def _outage(
         found, {"receiving": None if receive is None else receive - ended},
         "endpoint back → a ReceiveMessage of spotq's pending that succeeds (at the proxy)",
     )  # fmt: skip
+    # Not-ready while it cannot receive, ready again once it can (issue 11's "reports not-ready while it cannot work").
+    found.own_targets[f"ready <= {measure.RESUME_TARGET_SECONDS:g} s after"] = (
+        ready is not None and ready - ended <= measure.RESUME_TARGET_SECONDS
+    )
     accepted = trial.audit.accepted(trial.wave.namespace)
     found.details.update(
         {

@@ -29,6 +29,9 @@ Handle = Callable[[Delivery], Awaitable[tuple[Notice, Outcome]]]
 _BATCH = 10
 # A long poll answers within wait_seconds; this much more covers the network. Past it, a receive is in trouble.
 RECEIVE_MARGIN_SECONDS = 5.0
+# A receive sent after a failure that has not failed within this long got through (a refused connection, a denied
+# request, a missing queue fail at once): SQS answers again, though its long poll has not returned yet.
+RECEIVE_ACCEPTED_SECONDS = 1.0
 # A failed receive is tried again after 1 s, doubling up to 30 s while SQS keeps failing.
 _RECEIVE_BACKOFF = backoff.Backoff(initial_seconds=1.0, max_seconds=30.0)
 
@@ -43,6 +46,7 @@ class QueueApi(ReceiptApi, Protocol):
 class DispatcherState:
     last_receive_ok: float | None = None  # loop time
     last_receive_failed: float | None = None
+    last_receive_started: float | None = None
     receive_failures: int = 0
     in_flight: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # message id → its work
 
@@ -92,10 +96,14 @@ class Dispatcher:
         recent good one ready; otherwise one GetQueueAttributes decides, cut short rather than wait out SDK retries.
         """
         ok, failed = self.state.last_receive_ok, self.state.last_receive_failed
-        if failed is not None and (ok is None or failed > ok):
-            return False, "queue receive failing"
         loop = asyncio.get_running_loop()
-        if ok is not None and loop.time() - ok < self._settings.wait_seconds + RECEIVE_MARGIN_SECONDS:
+        if failed is not None and (ok is None or failed > ok):
+            # After an outage the first good receive returns only when its long poll ends (20 s): a receive sent
+            # since the failure and still under way after a second, with the probe answering, is ready again.
+            started = self.state.last_receive_started
+            if started is None or started <= failed or loop.time() - started < RECEIVE_ACCEPTED_SECONDS:
+                return False, "queue receive failing"
+        elif ok is not None and loop.time() - ok < self._settings.wait_seconds + RECEIVE_MARGIN_SECONDS:
             return True, "ok"
         try:
             async with asyncio.timeout(probe_timeout_seconds):
@@ -115,6 +123,7 @@ class Dispatcher:
                 room = min(_BATCH, self._free)
                 self._reserved += room
             try:
+                self.state.last_receive_started = loop.time()
                 batch = await self._queue.receive(
                     room, self._settings.wait_seconds, self._settings.visibility_timeout_seconds
                 )

@@ -73,13 +73,6 @@ def test_a_hung_sqs_endpoint_loses_nothing_and_spotq_recovers(env: Environment) 
     assert receiving_targets_missed(found) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: after an SQS outage /readyz stays 503 for a whole long poll (~20 s) while spotq already receives "
-    "again: Dispatcher.ready() reports 'queue receive failing' until a receive returns, and the first receive after "
-    "the outage returns only when its 20 s long poll ends (45 s outages: 21.0 and 21.5 s; receiving itself resumed "
-    "0.5 s after the endpoint came back)",
-)
 def test_after_an_sqs_endpoint_refused_connections_spotq_says_ready_within_5_s_of_its_return(
     env: Environment,
 ) -> None:

@@ -252,6 +252,27 @@ async def test_failing_receives_make_the_queue_unready_at_once() -> None:
     await task
 
 
+@pytest.mark.parametrize(
+    ("failed_ago", "started_ago", "reachable_hangs", "expected"),
+    [
+        (30.0, 2.0, False, (True, "ok")),  # a receive under way since the outage ended, the probe answers
+        (30.0, 2.0, True, (False, "queue not reachable")),  # under way, but the endpoint hangs
+        (30.0, 0.5, False, (False, "queue receive failing")),  # just sent: a refusal would not have come yet
+        (1.0, 2.0, False, (False, "queue receive failing")),  # sent before the last failure
+    ],
+)
+async def test_after_an_outage_a_receive_under_way_and_a_probe_that_answers_are_ready_before_the_poll_returns(
+    failed_ago: float, started_ago: float, reachable_hangs: bool, expected: tuple[bool, str]
+) -> None:
+    queue = FakeQueue(reachable_hangs=reachable_hangs)
+    dispatcher = Dispatcher(queue, by_body, QueueSettings(), stop_grace_seconds=1)
+    now = asyncio.get_running_loop().time()
+    dispatcher.state.last_receive_ok = now - 60.0
+    dispatcher.state.last_receive_failed = now - failed_ago
+    dispatcher.state.last_receive_started = now - started_ago
+    assert await dispatcher.ready(probe_timeout_seconds=0.05) == expected
+
+
 async def test_a_queue_that_hangs_is_unready_within_the_probe_timeout() -> None:
     queue = FakeQueue(reachable_hangs=True)
     dispatcher = Dispatcher(queue, by_body, QueueSettings(), stop_grace_seconds=1)

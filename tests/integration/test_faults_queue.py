@@ -56,7 +56,8 @@ def test_a_flood_of_bad_bodies_delays_no_real_warning_and_every_body_is_deleted(
 
 
 def receiving_targets_missed(found: Figures) -> list[str]:
-    """The targets missed, but for readiness after the outage (test_after_an_sqs_endpoint_refused...: a defect)."""
+    """The targets missed, but for readiness after the outage: a 10 s outage may pass within the SDK's own retries,
+    so readiness is held to its target by the 45 s test below."""
     return [name for name in found.missed() if not name.startswith("ready <=")]
 
 

@@ -108,11 +108,11 @@ def header(result: dict[str, Any]) -> str:
         f"{max(loads, default=0):.1f} (1 min, before/after each scenario); "
         f"{result['wall_seconds'] / 60:.0f} min in all."
     )
-    version = result.get("spotq") or {}
-    if version.get("commit"):
-        dirty = version.get("uncommitted_spotq_files") or []
-        changed = f" with {len(dirty)} files of spotq/ changed" if dirty else ""
-        text += f" spotq at {version['commit']}{changed}."
+    versions = [d.get("spotq") or result.get("spotq") or {} for d in result.get("scenarios", [])]
+    commits = list(dict.fromkeys(str(v.get("commit")) for v in versions if v.get("commit")))
+    if commits:
+        dirty = any(v.get("uncommitted_spotq_files") for v in versions)
+        text += f" spotq at {' then '.join(commits)}" + (" (with uncommitted changes in spotq/)" if dirty else "") + "."
     if result.get("note"):
         text += f" {result['note']}"
     return text

@@ -87,6 +87,7 @@ def run_one(name: str, opts: Options, args: argparse.Namespace, workdir: Path) -
             env.close()
         if not args.keep:
             shutil.rmtree(workdir / name, ignore_errors=True)
+    doc["spotq"] = spotq_version()  # at the scenario's end: other work may land while a report runs
     doc["load_average_before"] = load_before
     doc["load_average_after"] = round(procstat.load_average(), 2)
     doc["wall_seconds"] = round(time.time() - started, 1)

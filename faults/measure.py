@@ -197,6 +197,7 @@ def figure(
     found.pods = sum(len(i.pods) for i in interruptions)
     lost: list[dict[str, Any]] = []
     duplicate_drains: dict[str, str] = {}
+    drained_after: list[float] = []
     for item in interruptions:
         seen = poller.nodes.get(item.node, NodeSeen())
         if seen.marked is not None and seen.marked <= item.deadline:
@@ -207,6 +208,8 @@ def figure(
         emptied = seen.empty_since(item.event_time)
         if emptied is not None and emptied <= item.deadline:
             found.drained_before_deadline += 1
+        if emptied is not None:
+            drained_after.append(emptied - item.event_time)
         stamps = [deleted[m] for m in item.messages if m in deleted]
         if item.messages and len(stamps) == len(item.messages):
             last = max(stamps)
@@ -232,6 +235,7 @@ def figure(
     found.details.update(
         {
             "lost": lost,
+            "slowest_drain_seconds": round(max(drained_after), 1) if drained_after else None,
             "duplicate_drains": duplicate_drains,
             "evicted_twice": sorted(twice)[:20],
             "exceptions": exceptions[:20],

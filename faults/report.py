@@ -21,6 +21,29 @@ COLUMNS = [
 ]
 
 
+# The details printed under the table, when a scenario has them.
+NOTE_KEYS = (
+    "slowest_drain_seconds",
+    "fault_at_seconds",
+    "unfinished_at_kill",
+    "old_exit_seconds_after_sigterm",
+    "unfinished_when_old_exited",
+    "ready_again_after_seconds",
+    "not_ready_samples_while_paused",
+    "not_ready_samples_during_outage",
+    "evictions_during_outage",
+    "all_real_marked_seconds",
+    "all_deleted_seconds",
+    "bad_deleted",
+    "own_pod_evicted_seconds",
+    "replacement_ready_seconds",
+    "died_with_its_node_seconds",
+    "claims_at_kill",
+    "nodes_replaced",
+    "rss",
+)
+
+
 def row(doc: dict[str, Any]) -> dict[str, str]:
     """One scenario's cells from its figures (measure.Figures.as_dict), or from {'scenario', 'error'}."""
     name = str(doc.get("scenario"))
@@ -77,12 +100,7 @@ def notes(docs: list[dict[str, Any]]) -> str:
         if doc.get("resume_what"):
             parts.append(f"resume = {doc['resume_what']} (target ≤ {doc['resume_target']:g} s)")
         details = doc.get("details") or {}
-        for key in (
-            "fault_at_seconds", "unfinished_at_kill", "old_exit_seconds_after_sigterm", "unfinished_when_old_exited",
-            "ready_again_after_seconds", "not_ready_samples_while_paused", "not_ready_samples_during_outage",
-            "evictions_during_outage", "all_real_marked_seconds", "all_deleted_seconds", "bad_deleted",
-            "own_pod_evicted_seconds", "died_with_its_node", "claims_at_kill", "nodes_replaced", "rss",
-        ):  # fmt: skip
+        for key in NOTE_KEYS:
             if key in details and details[key] is not None:
                 parts.append(f"{key} {details[key]}")
         if doc.get("stuck_why"):

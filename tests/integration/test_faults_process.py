@@ -5,32 +5,16 @@ ServiceAccount each. Every figure comes from the cluster (polled), the API serve
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from faults.env import Environment
 from faults.measure import Figures
 from faults.scenarios import process
-from faults.trial import Options
+
+from .faults_support import env, outcomes_missed, recovered_in_time, small
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Environment]:
-    environment = Environment.create(tmp_path / "env", sqs="moto")
-    try:
-        yield environment
-    finally:
-        environment.close()
-
-
-def small(**changes: object) -> Options:
-    """Three nodes of four pods, one pod of the PDB down at a time: drains that last long enough to be hit."""
-    base: dict[str, object] = {"nodes": 3, "pods_per_node": 4, "max_unavailable": "1", "quiet": True}
-    return Options(**(base | changes))  # type: ignore[arg-type]
+__all__ = ["env"]  # the fixture
 
 
 def shown(found: Figures) -> str:
@@ -39,14 +23,14 @@ def shown(found: Figures) -> str:
                                      "resume_never", "stuck_why", "targets")})  # fmt: skip
 
 
-def test_kill_9_mid_wave_then_restart_resumes_every_drain_within_5_s(env: Environment) -> None:
+def test_kill_9_mid_wave_then_restart_resumes_every_drain_from_the_nodes_records(env: Environment) -> None:
     # The killed process's messages stay invisible for the 60 s visibility timeout: only the nodes' records can
     # bring the drains back in time. The test ends with the drains (the queue empties a minute later).
     found = process.kill_restart(env, small(restart_delay=2.0, wait_for_queue=False))
     print(shown(found))
     assert found.details["unfinished_at_kill"] > 0
     assert found.resume_never == 0
-    assert found.resume_seconds is not None and found.resume_seconds <= 5
+    assert recovered_in_time(found.resume_seconds)
     assert (found.lost, found.duplicate_evictions, found.duplicate_drains, found.pdb_violations) == (0, 0, 0, 0)
     assert found.drained_before_deadline == found.interruptions
 
@@ -57,7 +41,7 @@ def test_sigterm_mid_wave_with_the_new_process_up_loses_nothing_and_hands_over(e
     print(shown(found))
     assert found.details["old_exit_code"] == 0
     assert found.resume_never == 0
-    assert found.missed() == []
+    assert outcomes_missed(found) == []
 
 
 def test_two_replicas_on_one_wave_one_killed_mid_wave_drain_each_node_once_and_take_over(env: Environment) -> None:
@@ -66,4 +50,4 @@ def test_two_replicas_on_one_wave_one_killed_mid_wave_drain_each_node_once_and_t
     print(shown(found), found.details["claims_at_kill"])
     assert found.details["unfinished_of_killed"] > 0
     assert found.resume_never == 0
-    assert found.missed() == []
+    assert outcomes_missed(found) == []

@@ -5,31 +5,16 @@ outages and a small flood. Every figure comes from the cluster, the audit log an
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from faults.env import Environment
 from faults.measure import Figures
 from faults.scenarios import queue
-from faults.trial import Options
+
+from .faults_support import env, outcomes_missed, recovered_in_time, small
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Environment]:
-    environment = Environment.create(tmp_path / "env", sqs="moto")
-    try:
-        yield environment
-    finally:
-        environment.close()
-
-
-def small(**changes: object) -> Options:
-    base: dict[str, object] = {"nodes": 3, "pods_per_node": 4, "max_unavailable": "1", "quiet": True}
-    return Options(**(base | changes))  # type: ignore[arg-type]
+__all__ = ["env"]  # the fixture
 
 
 def shown(found: Figures) -> str:
@@ -42,7 +27,7 @@ def test_every_warning_three_times_and_a_state_change_drain_each_node_once(env: 
     found = queue.duplicates(env, small())
     print(shown(found))
     assert found.details["messages"] == 3 * 4
-    assert found.missed() == []
+    assert outcomes_missed(found) == []
     assert found.drained_before_deadline == found.interruptions
 
 
@@ -51,36 +36,30 @@ def test_a_flood_of_bad_bodies_delays_no_real_warning_and_every_body_is_deleted(
     print(shown(found), found.details["all_real_marked_seconds"], found.details["all_deleted_seconds"])
     assert found.details["bad_deleted"] == 120
     assert found.tracebacks == 0
-    assert found.missed() == []
+    assert outcomes_missed(found) == []
     assert found.marked == found.drained_before_deadline == 3
-
-
-def receiving_targets_missed(found: Figures) -> list[str]:
-    """The targets missed, but for readiness after the outage: a 10 s outage may pass within the SDK's own retries,
-    so readiness is held to its target by the 45 s test below."""
-    return [name for name in found.missed() if not name.startswith("ready <=")]
 
 
 def test_an_sqs_endpoint_refusing_connections_for_a_while_loses_nothing_and_spotq_recovers(env: Environment) -> None:
     found = queue.sqs_refused(env, small(sqs_outage=10.0))
     print(shown(found))
-    assert receiving_targets_missed(found) == []
+    assert outcomes_missed(found) == []
     assert found.details["evictions_during_outage"] > 0  # the drains went on without SQS
 
 
 def test_a_hung_sqs_endpoint_loses_nothing_and_spotq_recovers(env: Environment) -> None:
     found = queue.sqs_hung(env, small(sqs_outage=10.0))
     print(shown(found))
-    assert receiving_targets_missed(found) == []
+    assert outcomes_missed(found) == []
 
 
-def test_after_an_sqs_endpoint_refused_connections_spotq_says_ready_within_5_s_of_its_return(
+def test_after_an_sqs_endpoint_refused_connections_spotq_says_ready_soon_after_its_return(
     env: Environment,
 ) -> None:
     # 45 s, as in the report: long enough for receives to fail in spotq, not only inside the SDK's own retries (a
     # 10 s outage can pass within them, and then readiness never turns).
     found = queue.sqs_refused(env, small(sqs_outage=45.0))
     print(shown(found), found.details["ready_again_after_seconds"])
-    assert found.resume_seconds is not None and found.resume_seconds <= 5  # receiving again: not the defect
+    assert recovered_in_time(found.resume_seconds)  # receiving again: not the defect
     ready = found.details["ready_again_after_seconds"]
-    assert isinstance(ready, float) and ready <= 5
+    assert isinstance(ready, float) and recovered_in_time(ready)  # the defect held it ~21 s

@@ -127,7 +127,7 @@ def header(result: dict[str, Any]) -> str:
         f"{result['wall_seconds'] / 60:.0f} min in all."
     )
     versions = [d.get("spotq") or result.get("spotq") or {} for d in result.get("scenarios", [])]
-    commits = list(dict.fromkeys(str(v.get("commit")) for v in versions if v.get("commit")))
+    commits = list(dict.fromkeys(str(v.get("spotq_commit") or v.get("commit")) for v in versions if v.get("commit")))
     if commits:
         dirty = any(v.get("uncommitted_spotq_files") for v in versions)
         text += f" spotq at {' then '.join(commits)}" + (" (with uncommitted changes in spotq/)" if dirty else "") + "."

@@ -96,14 +96,19 @@ def run_one(name: str, opts: Options, args: argparse.Namespace, workdir: Path) -
 
 
 def spotq_version() -> dict[str, object]:
-    """The commit the spotq processes ran from, and whether spotq/ differed from it (other work in progress)."""
+    """The commit checked out, the last one that changed spotq/ (what the processes ran), and the spotq/ files that
+    differed from it (other work in progress)."""
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, check=False)
         return done.stdout.strip()
 
     changed = [line[3:] for line in git("status", "--porcelain", "--", "../spotq").splitlines()]
-    return {"commit": git("rev-parse", "--short", "HEAD"), "uncommitted_spotq_files": changed}
+    return {
+        "commit": git("rev-parse", "--short", "HEAD"),
+        "spotq_commit": git("log", "-1", "--format=%h", "--", "../spotq"),  # the last commit that changed spotq/
+        "uncommitted_spotq_files": changed,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,6 @@ instance id first came back in a ReceiveMessage reply (the contender's "received
 
 from __future__ import annotations
 
-import http.client
 import http.server
 import re
 import threading
@@ -19,11 +18,11 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from testenv import forwarding
 from testenv.procs import free_port
 
 _SCOPE = re.compile(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request")
 _INSTANCE_ID = re.compile(r"\bi-[0-9a-f]{8,17}\b")
-_HOP_BY_HOP = ("host", "connection", "keep-alive", "transfer-encoding", "content-length")
 
 
 def service_of(authorization: str) -> str:
@@ -99,20 +98,11 @@ class AwsRouter:
         if base is None:
             with self._lock:
                 self.unrouted += 1
-            self._answer(request, 400, [], b"")
+            forwarding.answer(request, 400, [], b"")
             return
         target = urlsplit(base)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         started = time.monotonic()
-        connection = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
-        try:
-            connection.request(request.command, request.path, body=body, headers=headers)
-            reply = connection.getresponse()
-            status, reply_headers, data = reply.status, reply.getheaders(), reply.read()
-        except OSError:
-            status, reply_headers, data = 502, [], b""
-        finally:
-            connection.close()
+        status, reply_headers, data = forwarding.forward(request, body, target.hostname or "127.0.0.1", target.port)
         took = time.monotonic() - started
         now = time.time()
         with self._lock:
@@ -124,19 +114,4 @@ class AwsRouter:
             if service == "sqs" and action == "ReceiveMessage":
                 for instance_id in _INSTANCE_ID.findall(data.decode(errors="replace")):
                     self.received.setdefault(instance_id, now)
-        self._answer(request, status, reply_headers, data)
-
-    @staticmethod
-    def _answer(
-        request: http.server.BaseHTTPRequestHandler, status: int, headers: list[tuple[str, str]], data: bytes
-    ) -> None:
-        request.send_response(status)
-        for key, value in headers:
-            if key.lower() not in _HOP_BY_HOP and key.lower() not in ("server", "date"):
-                request.send_header(key, value)
-        request.send_header("Content-Length", str(len(data)))
-        try:
-            request.end_headers()
-            request.wfile.write(data)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client is gone (NTH stopped during a long poll): nothing to answer
+        forwarding.answer(request, status, reply_headers, data)

@@ -14,7 +14,6 @@ DeleteMessageBatch entry the upstream confirmed). It is also the place two of th
 from __future__ import annotations
 
 import contextlib
-import http.client
 import http.server
 import json
 import socket
@@ -24,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from testenv import forwarding
 from testenv.procs import free_port
-
-_HOP_BY_HOP = {"host", "connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 
 
 @dataclass
@@ -148,28 +146,13 @@ class SqsProxy:
         action = _action(request.headers)
         self._count("calls", action)
         self._open.wait()
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        connection = http.client.HTTPConnection(*self._upstream, timeout=60)
-        try:
-            connection.request(request.command, request.path, body=body, headers=headers)
-            reply = connection.getresponse()
-            status, reply_headers, data = reply.status, reply.getheaders(), reply.read()
-        except OSError:
-            status, reply_headers, data = 502, [], b""
-        finally:
-            connection.close()
+        status, reply_headers, data = forwarding.forward(request, body, *self._upstream)
         self._open.wait()  # held while upstream answered: the answer waits too
         if 200 <= status < 300:
             self._note(action, body, data, time.time(), arrived)
         else:
             self._count("failures", action)
-        request.send_response(status)
-        for key, value in reply_headers:
-            if key.lower() not in _HOP_BY_HOP:
-                request.send_header(key, value)
-        request.send_header("Content-Length", str(len(data)))
-        request.end_headers()
-        request.wfile.write(data)
+        forwarding.answer(request, status, reply_headers, data)
 
     def _count(self, what: str, action: str) -> None:
         with self._lock:

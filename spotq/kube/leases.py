@@ -183,7 +183,9 @@ class ReplicaLeases:
                     await self._collect()
                 except SpotqError as exc:
                     log.debug("stale replica leases not collected", extra={"error": str(exc)[:200]})
-            await asyncio.sleep(self.renew_every_seconds)
+            # Paced from the send, not the answer: after an answer that came late (an API server that stalled), the
+            # next renewal goes out at once, before the late one's watchdog stops the drains again.
+            await asyncio.sleep(max(0.0, sent + self.renew_every_seconds - loop.time()))
 
     async def _renew(self) -> None:
         """One renewal: update the Lease as last written; create it if missing; on a conflict read it again."""
@@ -233,16 +235,23 @@ class ReplicaLeases:
 
     def _renewed(self, sent: float) -> None:
         """The others see this renewal no earlier than it was sent: until a fifth of a Lease before it expires from
-        there, this replica may go on draining."""
+        there, this replica may go on draining. One answered after that moment renews nothing this replica may act
+        on: drains stay stopped until a renewal comes back in time."""
         self._held_once = True
+        if self._watchdog_at(sent) <= asyncio.get_running_loop().time():
+            self._expire()  # as if its watchdog had fired: it would have by now
+            return
         self._arm(sent)
+
+    def _watchdog_at(self, sent: float) -> float:
+        return sent + self._seconds - self.renew_every_seconds
 
     def _arm(self, sent: float) -> None:
         self._lost.clear()
         if self._watchdog is not None:
             self._watchdog.cancel()
         loop = asyncio.get_running_loop()
-        self._watchdog = loop.call_at(sent + self._seconds - self.renew_every_seconds, self._expire)
+        self._watchdog = loop.call_at(self._watchdog_at(sent), self._expire)
 
     def _expire(self) -> None:
         if not self._held_once:

@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from spotq.errors import ApiError, TransientError
 from spotq.kube.leases import ReplicaLeases, lease_name
@@ -209,3 +211,84 @@ async def test_a_clean_stop_deletes_this_replicas_lease() -> None:
     await asyncio.gather(task, return_exceptions=True)
     await leases.release()
     assert transport.operations()[-1] == "delete_lease" and not leases.holding()
+
+
+class _StallsOnce(FakeTransport):
+    """Answers the `stalled`-th Lease update only after `stall` s: an API server paused while the renewal was in
+    flight (SIGSTOP), answering when it comes back."""
+
+    def __init__(self, *, stalled: int, stall: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.stalled, self.stall, self.updates = stalled, stall, 0
+        self.sent: list[float] = []
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        if kwargs.get("operation") == "update_lease":
+            self.updates += 1
+            self.sent.append(asyncio.get_running_loop().time())
+            if self.updates == self.stalled:
+                await asyncio.sleep(self.stall)
+        return await super().request(method, path, **kwargs)
+
+
+async def _until(check: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not check():
+            await asyncio.sleep(0.005)
+
+
+async def _holding_while(leases: ReplicaLeases, seconds: float) -> list[bool]:
+    """`leases.holding()` each time it changes, sampled every 10 ms for `seconds`."""
+    seen: list[bool] = []
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while loop.time() < until:
+        now = leases.holding()
+        if not seen or seen[-1] != now:
+            seen.append(now)
+        await asyncio.sleep(0.01)
+    return seen
+
+
+async def test_after_a_stalled_renewal_the_next_goes_out_at_once_and_the_drains_stop_only_once() -> None:
+    # Lease 2 s: renewed every 0.4 s, drains stop 1.6 s after a renewal's send. The third update stalls 1.4 s: the
+    # second's watchdog stops the drains meanwhile; the stalled one comes back with 0.2 s left on its own watchdog.
+    # Paced from the answer, the next renewal would go out 0.4 s later, after that watchdog: the drains resumed
+    # in between would be stopped a second time (the API server then left a cut-off eviction half done).
+    transport = _StallsOnce(
+        stalled=3,
+        stall=1.4,
+        answers={"create_lease": [lease("a")], "update_lease": [lease("a") for _ in range(40)]},
+        streams={"watch_leases": [[HOLD]]},
+    )
+    transport.answers["list_leases"] = [listing()]
+    leases = ReplicaLeases(transport, NS, "a", lease_seconds=2.0)
+    async with running(leases):
+        await _until(lambda: transport.updates == 3)  # the stalled one sent
+        seen = await _holding_while(leases, 2.5)
+    assert seen == [True, False, True]
+    answered = transport.sent[2] + 1.4
+    assert transport.sent[3] - answered < 0.1  # the renewal after the stalled one: at once
+
+
+async def test_a_renewal_answered_after_its_watchdog_does_not_let_the_drains_go_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Lease 1 s: drains stop 0.8 s after a renewal's send. The second update comes back 1.5 s after it was sent:
+    # the others may see the Lease expire any moment from then; only the next renewal, in time, resumes the drains.
+    transport = _StallsOnce(
+        stalled=2,
+        stall=1.5,
+        answers={"create_lease": [lease("a")], "update_lease": [lease("a"), lease("a"), ApiError(500, "x", "y")]},
+        streams={"watch_leases": [[HOLD]]},
+    )
+    transport.answers["list_leases"] = [listing()]
+    leases = ReplicaLeases(transport, NS, "a", lease_seconds=1.0)
+    async with running(leases):
+        await _until(lambda: transport.updates == 2)  # the stalled one sent
+        seen = await _holding_while(leases, 2.2)
+    # The stalled answer (1.5 s after its send) and the refused one after it: lost from the first watchdog on, said
+    # once (not cleared by the late answer for a moment and lost again).
+    assert seen == [True, False]
+    stops = [r for r in caplog.records if r.getMessage().startswith("replica lease not renewed in time")]
+    assert len(stops) == 1

@@ -193,6 +193,7 @@ def figure(
 ) -> Figures:
     """Every common figure; the scenario adds resume time and its own details."""
     found = Figures(scenario, title, interruptions=len(interruptions))
+    start = min((i.event_time for i in interruptions), default=0.0)
     accepted = audit.accepted(namespace)
     found.pods = sum(len(i.pods) for i in interruptions)
     lost: list[dict[str, Any]] = []
@@ -215,7 +216,17 @@ def figure(
             last = max(stamps)
             left = poller.pods_seen_after(item.node, last)
             if last < item.deadline and left:
-                lost.append({"node": item.node, "deleted_at": round(last - item.event_time, 1), "pods_left": left})
+                lost.append(
+                    {
+                        "node": item.node,
+                        "deleted_at": round(last - item.event_time, 1),
+                        "pods_left": left,
+                        # What the cluster said meanwhile, s from the interruption: the drain record and pods.
+                        "drain_record": [(round(t - item.event_time, 1), state) for t, state in seen.drain],
+                        "drainer": [(round(t - item.event_time, 1), who) for t, who in seen.drainer],
+                        "pods": [(round(t - item.event_time, 1), count) for t, count in seen.pods],
+                    }
+                )
         why = _duplicate_drain(item.node, seen, audit)
         if why:
             duplicate_drains[item.node] = why
@@ -237,6 +248,11 @@ def figure(
             "lost": lost,
             "slowest_drain_seconds": round(max(drained_after), 1) if drained_after else None,
             "duplicate_drains": duplicate_drains,
+            # Each budget's (s from the first interruption, currentHealthy, desiredHealthy) on each change.
+            "budgets": {
+                name: [(round(t - start, 1), healthy, desired) for t, healthy, desired in b.samples]
+                for name, b in poller.budgets.items()
+            },
             "evicted_twice": sorted(twice)[:20],
             "exceptions": exceptions[:20],
             "poll_gaps": [(round(a - interruptions[0].event_time, 1), round(b - a, 1)) for a, b in poller.gaps]

@@ -44,3 +44,15 @@ def outcomes_missed(found: Figures) -> list[str]:
 
 def recovered_in_time(seconds: float | None) -> bool:
     return seconds is not None and seconds <= RECOVERY_BOUND_SECONDS
+
+
+def shown(found: Figures) -> str:
+    """What a failed fault test prints: the outcomes, and for each one missed what the cluster said about it."""
+    doc = found.as_dict()
+    details = doc["details"]
+    picked = ("lost", "duplicate_evictions", "duplicate_drains", "resume_seconds", "resume_never", "stuck_why")
+    return str(
+        {k: doc[k] for k in (*picked, "targets")}
+        | {"resume_per_node": details.get("resume_per_node"), "lost_nodes": details.get("lost")}
+        | {"duplicate_drain_nodes": details.get("duplicate_drains"), "processes": details.get("processes")}
+    )

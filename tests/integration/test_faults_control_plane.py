@@ -10,7 +10,7 @@ import pytest
 from faults.env import Environment
 from faults.scenarios import control_plane
 
-from .faults_support import env, outcomes_missed, recovered_in_time, small
+from .faults_support import env, outcomes_missed, recovered_in_time, shown, small
 
 pytestmark = pytest.mark.integration
 __all__ = ["env"]  # the fixture
@@ -18,13 +18,13 @@ __all__ = ["env"]  # the fixture
 
 def test_a_paused_api_server_mid_wave_loses_nothing_and_spotq_resumes(env: Environment) -> None:
     found = control_plane.apiserver_pause(env, small(apiserver_pause=8.0))
-    print(found.as_dict()["targets"], found.resume_seconds, found.details.get("resume_per_node"))
+    print(shown(found))
     assert outcomes_missed(found) == [] and recovered_in_time(found.resume_seconds)
     assert found.drained_before_deadline == found.interruptions
 
 
 def test_a_restarted_api_server_mid_wave_loses_nothing_and_spotq_resumes(env: Environment) -> None:
     found = control_plane.apiserver_restart(env, small(restart_delay=2.0))
-    print(found.as_dict()["targets"], found.resume_seconds, found.details.get("resume_per_node"))
+    print(shown(found))
     assert outcomes_missed(found) == [] and recovered_in_time(found.resume_seconds)
     assert found.drained_before_deadline == found.interruptions

@@ -8,19 +8,12 @@ from __future__ import annotations
 import pytest
 
 from faults.env import Environment
-from faults.measure import Figures
 from faults.scenarios import process
 
-from .faults_support import env, outcomes_missed, recovered_in_time, small
+from .faults_support import env, outcomes_missed, recovered_in_time, shown, small
 
 pytestmark = pytest.mark.integration
 __all__ = ["env"]  # the fixture
-
-
-def shown(found: Figures) -> str:
-    doc = found.as_dict()
-    return str({k: doc[k] for k in ("lost", "duplicate_evictions", "duplicate_drains", "resume_seconds",
-                                     "resume_never", "stuck_why", "targets")})  # fmt: skip
 
 
 def test_kill_9_mid_wave_then_restart_resumes_every_drain_from_the_nodes_records(env: Environment) -> None:

@@ -8,19 +8,12 @@ from __future__ import annotations
 import pytest
 
 from faults.env import Environment
-from faults.measure import Figures
 from faults.scenarios import queue
 
-from .faults_support import env, outcomes_missed, recovered_in_time, small
+from .faults_support import env, outcomes_missed, recovered_in_time, shown, small
 
 pytestmark = pytest.mark.integration
 __all__ = ["env"]  # the fixture
-
-
-def shown(found: Figures) -> str:
-    doc = found.as_dict()
-    return str({k: doc[k] for k in ("lost", "duplicate_evictions", "duplicate_drains", "resume_seconds",
-                                     "stuck_why", "targets")} | {"details": doc["details"].get("duplicate_drains")})  # fmt: skip
 
 
 def test_every_warning_three_times_and_a_state_change_drain_each_node_once(env: Environment) -> None:

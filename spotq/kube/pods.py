@@ -1,8 +1,14 @@
 """Pods of one node: followed (watching.list_and_watch, one watch-list request where the server streams a watch's
-initial state), evicted (policy/v1 with a UID precondition), deleted. Implements ports.PodApi."""
+initial state), evicted (policy/v1 with a UID precondition), deleted. Implements ports.PodApi.
+
+An eviction or delete, once sent, runs to its answer even if the drain that sent it stops meanwhile (fenced, past
+its deadline, spotq stopping): cut off mid-way, the API server can admit an eviction in the budget (the pod listed in
+the PDB's status.disruptedPods) and then not delete the pod, and the budget is a disruption short for two minutes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any, NoReturn
 
@@ -56,6 +62,7 @@ class PodClient:
         self._client = client
         self._watch_list = watching.WatchList(supported=watch_list)
         self._backoff = backoff
+        self._sent: set[asyncio.Task[JSON]] = set()  # requests whose caller may have gone: kept until answered
 
     async def follow_node(
         self, node: str, on_list: Callable[[list[Pod]], None], on_event: Callable[[str, Pod], None]
@@ -83,7 +90,7 @@ class PodClient:
         )
 
     async def evict(self, pod: Pod, grace_seconds: int | None) -> None:
-        await self._client.request(
+        await self._to_its_answer(
             "POST",
             f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/eviction",
             body={
@@ -96,12 +103,25 @@ class PodClient:
         )
 
     async def delete(self, pod: Pod, grace_seconds: int | None) -> None:
-        await self._client.request(
+        await self._to_its_answer(
             "DELETE",
             f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}",
             body={"apiVersion": "v1", "kind": "DeleteOptions", **_delete_options(pod, grace_seconds)},
             operation="delete_pod",
         )
+
+    async def _to_its_answer(self, method: str, path: str, *, body: JSON, operation: str) -> None:
+        """The request, shielded from its caller's cancellation (see the module's docstring); the transport's
+        own timeout still bounds it."""
+        task = asyncio.ensure_future(self._client.request(method, path, body=body, operation=operation))
+        self._sent.add(task)
+        task.add_done_callback(self._answered)
+        await asyncio.shield(task)
+
+    def _answered(self, task: asyncio.Task[JSON]) -> None:
+        self._sent.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a caller that went away does not want it
 
 
 def _delete_options(pod: Pod, grace_seconds: int | None) -> dict[str, Any]:

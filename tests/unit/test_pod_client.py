@@ -17,7 +17,7 @@ from spotq.kube.pods import PodClient
 from spotq.kube.transport import WatchStreamError
 from spotq.observability import metrics
 from spotq.ports import Pod
-from tests.unit.fake_transport import HOLD, FakeTransport
+from tests.unit.fake_transport import HOLD, Call, FakeTransport
 
 JSON = dict[str, Any]
 FAST = watching.Backoff(initial_seconds=0.01, max_seconds=0.01, denied_max_seconds=0.01)
@@ -160,3 +160,55 @@ async def test_an_expired_watch_relists_at_once_and_a_broken_one_after_a_back_of
     await seen.follow(PodClient(kube, backoff=FAST), seen.seen(lambda: seen.events))
     assert seen.lists == [["a"], ["b"], []] and seen.events == [("ADDED", "c")]
     assert restarts("expired") == expired_before + 1 and restarts("stream") == cut_before + 1
+
+
+class _Held(FakeTransport):
+    """Holds each eviction until `release` is set, then answers it (or raises `error`); says which ended how."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.error = error
+        self.ended: list[str] = []
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        await self._record_call(kwargs["operation"])
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.ended.append("cut off")
+            raise
+        self.ended.append("answered")
+        if self.error is not None:
+            raise self.error
+        return {}
+
+    async def _record_call(self, operation: str) -> None:
+        self.calls.append(Call("POST", operation, {}))
+
+
+def a_pod() -> Pod:
+    return Pod(namespace="ns", name="a", uid="uid-a", phase="Running", grace_seconds=5, controller_kind="ReplicaSet")
+
+
+@pytest.mark.parametrize("error", [None, ApiError(429, "Too Many Requests", "budget")])
+async def test_an_eviction_sent_runs_to_its_answer_when_the_drain_that_sent_it_stops(
+    error: BaseException | None,
+) -> None:
+    # A fenced drain (its replica's Lease stalled with the API server) used to cut its eviction off: the server
+    # admitted it in the PDB and did not delete the pod (504, "context canceled"), and the budget stayed a
+    # disruption short for two minutes. The answer, whatever it is, ends the request; nobody is left to raise to.
+    transport = _Held(error)
+    client = PodClient(transport)
+    evicting = asyncio.create_task(client.evict(a_pod(), None))
+    async with asyncio.timeout(5):
+        while not transport.calls:
+            await asyncio.sleep(0)
+    evicting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await evicting
+    transport.release.set()
+    async with asyncio.timeout(5):
+        while not transport.ended:
+            await asyncio.sleep(0)
+    assert transport.ended == ["answered"]

@@ -45,12 +45,13 @@ RBAC = "/apis/rbac.authorization.k8s.io/v1"
 
 
 def chart_rules() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(ClusterRole rules, Lease Role rules) as helm/spotq/templates/rbac.yaml grants them by default (without the
-    pods/delete that only the force-delete option adds)."""
+    """(ClusterRole rules, Lease Role rules) as helm/spotq/templates/rbac.yaml grants them by default (with the
+    pods/delete that drain.completeAdmittedEvictions, on by default, adds)."""
     cluster_rules: list[dict[str, Any]] = []
     lease_rules: list[dict[str, Any]] = []
     for doc in re.split(r"^---\s*$", (ROOT / "helm/spotq/templates/rbac.yaml").read_text(), flags=re.M):
-        body = re.sub(r"\{\{ if include .*?\}\}.*?\{\{ end \}\}", "", doc)
+        body = re.sub(r"\{\{ if include \"spotq.deletesPods\" \. \}\}(.*?)\{\{ end \}\}", r"\1", doc)  # on by default
+        body = re.sub(r"\{\{ if include .*?\}\}.*?\{\{ end \}\}", "", body)
         body = re.sub(r"^\s*\{\{.*?\}\}\s*$", "", body, flags=re.M)  # lines that are only template directives
         body = re.sub(r"\{\{.*?\}\}", "x", body)
         loaded = yaml.safe_load(body)

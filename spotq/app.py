@@ -51,6 +51,7 @@ def drain_options(settings: Settings) -> DrainOptions:
         delete_emptydir_data=drain.delete_emptydir_data,
         evict_unmanaged_pods=drain.evict_unmanaged_pods,
         force_delete_before_deadline_seconds=drain.force_delete_before_deadline_seconds,
+        complete_admitted_evictions=drain.complete_admitted_evictions,
         settle_seconds=drain.settle_seconds,
         critical_reserve_seconds=drain.critical_pods_reserve_seconds,
         retry_initial_seconds=drain.retry_initial_seconds,

@@ -53,6 +53,7 @@ class _Budget:
     def __init__(self, selector: JSON | None) -> None:
         self.selector = selector
         self.allowed: int | None = None  # status.disruptionsAllowed; None until the controller has reported it
+        self.disrupted: frozenset[str] = frozenset()  # status.disruptedPods: pods whose eviction it admitted
         self.outstanding = 0  # evictions admitted whose request has not returned yet
         self.waiters: gate.Gate[tuple[float, int]] = gate.Gate(hand_on=self.done)
         self.progress = 0  # counts status updates and admissions: a waiter sees whether the budget moved
@@ -93,6 +94,7 @@ class Budgets:
         status = pdb.get("status") or {}
         observed = status.get("observedGeneration", 0) >= meta.get("generation", 0)
         budget.allowed = int(status.get("disruptionsAllowed", 0)) if observed else None
+        budget.disrupted = frozenset(status.get("disruptedPods") or {})
         budget.progress += 1
         budget.admit()
 
@@ -127,6 +129,12 @@ class Budgets:
             if _matches(self._budgets[(namespace, name)].selector, labels)
         ]
         return found[0] if len(found) == 1 else None
+
+    def admitted(self, key: BudgetKey | None, pod: str) -> bool:
+        """The budget lists `pod` among its disrupted pods: the API server admitted an eviction of it (the
+        disruption is spent and counted for up to two minutes) whether or not the pod was then deleted."""
+        budget = self._budgets.get(key) if key is not None and self.active else None
+        return budget is not None and pod in budget.disrupted
 
     @asynccontextmanager
     async def turn(self, key: BudgetKey | None, order: tuple[float, int], patience: float) -> AsyncIterator[None]:

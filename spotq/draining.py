@@ -42,6 +42,8 @@ class DrainOptions:
     delete_emptydir_data: bool = True
     evict_unmanaged_pods: bool = True
     force_delete_before_deadline_seconds: float = 0.0
+    # Delete a pod whose eviction its budget admitted and the API server never carried out (_complete_admitted).
+    complete_admitted_evictions: bool = True
     retry_initial_seconds: float = 0.5
     retry_max_seconds: float = 5.0
     protected: frozenset[str] = frozenset()  # namespace/name of pods never evicted (spotq's own)
@@ -252,6 +254,7 @@ class _Drain:
         self.critical_turn = asyncio.Event()  # set once the ordinary pods have gone: the critical tier may go
         self.group: asyncio.TaskGroup | None = None
         self.watcher: _Watcher | None = None
+        self.may_complete = options.complete_admitted_evictions  # off once a delete for it is refused (403)
 
     async def run(self) -> DrainReport:
         loop = asyncio.get_running_loop()
@@ -370,6 +373,8 @@ class _Drain:
         blocker = ""  # what kept the last attempt from succeeding, for the report of a forced delete
         while True:
             try:
+                if self.may_complete and budgets.admitted(budget, pod.name) and await self._complete_admitted(pod):
+                    return "evicted"
                 if window > 0 and attempt > 0 and self.due.seconds_left() <= window:
                     async with self.evictions:
                         await self.api.delete(pod, clamp_grace(pod.grace_seconds, self.due.seconds_left()))
@@ -424,6 +429,32 @@ class _Drain:
                 self._note(pod, blocker)
                 await self._pause(backoff(attempt, self.options, None), window)
             attempt += 1
+
+    async def _complete_admitted(self, pod: Pod) -> bool:
+        """The pod's budget admitted an eviction of it and the pod is still there: the request was cut off between
+        the budget's update and the pod's deletion (a client timeout, a connection cut, an API server killed or
+        spotq killed mid-request). Until the budget lets the entry go (two minutes), nothing can evict it, and the
+        pod counts as disrupted anyway: delete it (UID precondition, the grace an eviction would give), the
+        eviction's second half. False when spotq may not delete pods: it waits for the budget then."""
+        try:
+            async with self.evictions:
+                await self.api.delete(pod, clamp_grace(pod.grace_seconds, self.due.seconds_left()))
+        except ApiError as exc:
+            if exc.status != 403:
+                raise
+            log.warning(
+                "may not delete a pod whose eviction its budget admitted; waiting for the budget instead",
+                extra={"node": self.report.node, "pod": pod.key, "hint": "grant delete on pods, or set "
+                       "SPOTQ_DRAIN__COMPLETE_ADMITTED_EVICTIONS=false"},
+            )  # fmt: skip
+            self.may_complete = False  # not again in this drain
+            return False
+        metrics.EVICTIONS.labels(result="completed_admitted").inc()
+        log.warning(
+            "pod's eviction was admitted by its budget but the pod not deleted (a request cut off): deleted it",
+            extra={"node": self.report.node, "pod": pod.key},
+        )
+        return True
 
     async def _wait_for(
         self, turn: AbstractAsyncContextManager[None], held: contextlib.AsyncExitStack, window: float

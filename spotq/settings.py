@@ -169,6 +169,13 @@ class DrainSettings(_Group):
         description="If >0, this many s before the deadline delete PDB-blocked pods with their remaining grace; "
         "0: never (PDBs always win).",
     )
+    complete_admitted_evictions: bool = Field(
+        True,
+        description="Delete a pod whose eviction its PodDisruptionBudget admitted but the API server never carried "
+        "out (listed in the budget's status.disruptedPods, not terminating: a request cut off mid-way), instead of "
+        "waiting the two minutes the budget counts it as disrupted and allows nothing else. Needs delete on pods "
+        "(the chart grants it while this is on).",
+    )
     settle_seconds: float = Field(
         5.0,
         ge=0,

@@ -251,13 +251,11 @@ def _rules(objects: list[JSON]) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize("mode", [QUEUE, IMDS], ids=["queue", "imds"])
-def test_cluster_role_grants_exactly_what_spotq_calls_and_never_deletes_pods_by_default(
-    helm: Helm, mode: list[str]
-) -> None:
+def test_cluster_role_grants_exactly_what_spotq_calls(helm: Helm, mode: list[str]) -> None:
     objects = helm.template(*mode)
     assert _rules(objects) == {
         "nodes": ["get", "list", "patch", "watch"],
-        "pods": ["list", "watch"],
+        "pods": ["delete", "list", "watch"],  # drain.completeAdmittedEvictions, on by default
         "pods/eviction": ["create"],
         "events": ["create"],
         "policy/poddisruptionbudgets": ["list", "watch"],
@@ -270,9 +268,16 @@ def test_cluster_role_grants_exactly_what_spotq_calls_and_never_deletes_pods_by_
 
 
 def test_force_delete_option_adds_pod_delete_and_sets_the_setting(helm: Helm) -> None:
-    objects = helm.template(*QUEUE, "--set", "drain.forceDeleteBeforeDeadlineSeconds=30")
+    off = ("--set", "drain.completeAdmittedEvictions=false")
+    objects = helm.template(*QUEUE, *off, "--set", "drain.forceDeleteBeforeDeadlineSeconds=30")
     assert _rules(objects)["pods"] == ["delete", "list", "watch"]
     assert env_values(one(objects, "Deployment"))["SPOTQ_DRAIN__FORCE_DELETE_BEFORE_DEADLINE_SECONDS"] == "30"
+
+
+def test_pods_are_never_deleted_with_both_deleting_options_off(helm: Helm) -> None:
+    objects = helm.template(*QUEUE, "--set", "drain.completeAdmittedEvictions=false")
+    assert _rules(objects)["pods"] == ["list", "watch"]
+    assert env_values(one(objects, "Deployment"))["SPOTQ_DRAIN__COMPLETE_ADMITTED_EVICTIONS"] == "false"
 
 
 def test_volume_attachments_are_readable_only_when_hooks_wait_for_them(helm: Helm) -> None:

@@ -128,6 +128,7 @@ ALLOWED = [
     ("list", "pods", "--all-namespaces"),
     ("watch", "pods", "--all-namespaces"),
     ("create", "pods", "--subresource=eviction --all-namespaces"),
+    ("delete", "pods", "--all-namespaces"),  # drain.completeAdmittedEvictions, on by default
     ("create", "events", "-n=default"),
     ("list", "poddisruptionbudgets.policy", "--all-namespaces"),
     ("watch", "poddisruptionbudgets.policy", "--all-namespaces"),
@@ -140,7 +141,6 @@ REFUSED = [
     ("create", "nodes", None),
     ("get", "secrets", "--all-namespaces"),
     ("list", "secrets", "-n=kube-system"),
-    ("delete", "pods", "--all-namespaces"),
     ("create", "pods", "-n=default"),
     ("get", "configmaps", "-n=kube-system"),
     ("create", "serviceaccounts", "--subresource=token -n=kube-system"),
@@ -182,14 +182,14 @@ def test_service_account_token_is_refused_everything_else(local_cluster: LocalCl
     assert local_cluster.get_node(node) is not None
 
 
-def test_force_delete_option_grants_pod_delete_only_when_on(
+def test_pod_delete_is_granted_only_while_an_option_deletes_pods(
     local_cluster: LocalCluster, cluster_helm: Helm, namespace: str
 ) -> None:
     name = "spotq-force"
     cluster_helm.run(
         "install", name, "helm/spotq", "--namespace", namespace,
         "--set", "queue.url=https://sqs.us-east-1.amazonaws.com/123456789012/force",
-        "--set", "drain.forceDeleteBeforeDeadlineSeconds=30",
+        "--set", "drain.forceDeleteBeforeDeadlineSeconds=30", "--set", "drain.completeAdmittedEvictions=false",
     )  # fmt: skip
     try:
         kubeconfig = local_cluster.token_kubeconfig(namespace, name)

@@ -29,11 +29,15 @@ async def run(
     return await draining.drain("n1", deadline, pods, options, asyncio.Semaphore(100), budgets)
 
 
-def web_budget(allowed: int, version: int = 1) -> dict[str, Any]:
+def web_budget(allowed: int, version: int = 1, disrupted: tuple[str, ...] = ()) -> dict[str, Any]:
     return {
         "metadata": {"namespace": "ns", "name": "web", "generation": 1, "resourceVersion": str(version)},
         "spec": {"selector": {"matchLabels": {"app": "web"}}},
-        "status": {"disruptionsAllowed": allowed, "observedGeneration": 1},
+        "status": {
+            "disruptionsAllowed": allowed,
+            "observedGeneration": 1,
+            "disruptedPods": {name: "2026-12-02T13:20:29Z" for name in disrupted},
+        },
     }
 
 
@@ -359,3 +363,49 @@ async def test_each_evicted_pod_is_reported_once_and_skipped_ones_never() -> Non
     )
     assert report.complete
     assert sorted(reported) == ["uid-web-1", "uid-web-2"]
+
+
+async def test_a_pod_whose_eviction_its_budget_admitted_but_that_was_not_deleted_is_deleted() -> None:
+    # An eviction cut off inside the API server (504 "context canceled", a server killed mid-request): the budget
+    # lists web-0 as disrupted and allows nothing more for two minutes; evicting it again is refused (429) all
+    # that time. The drain deletes it instead, the eviction's second half, and web-1 still waits for room.
+    budgets = Budgets()
+    budgets.active = True
+    budgets.update(web_budget(0, disrupted=("web-0",)))
+    pods = FakePods(budgets={"web": 0})
+    pods.add("n1", "web-0", group="web", labels=(("app", "web"),), grace_seconds=5)
+    pods.add("n1", "web-1", group="web", labels=(("app", "web"),))
+    report = await run(pods, 0.5, FAST, budgets)
+    assert [name for verb, name, _ in pods.calls if verb == "delete"] == ["web-0"]
+    assert pods.evictions_of("web-0") == []
+    assert "ns/web-0" in report.evicted and "ns/web-0" not in report.blocked
+    assert report.blocked == {"ns/web-1": "waiting for PodDisruptionBudget ns/web to allow a disruption"}
+
+
+@dataclass
+class NoDeletePods(FakePods):
+    """spotq's ServiceAccount may not delete pods (drain.completeAdmittedEvictions off in the chart, or no RBAC)."""
+
+    async def delete(self, pod: Pod, grace_seconds: int | None) -> None:
+        self.calls.append(("delete", pod.name, grace_seconds))
+        raise ApiError(403, "Forbidden", 'pods "web-0" is forbidden')
+
+
+async def test_without_leave_to_delete_pods_an_admitted_pod_waits_for_its_budget_and_is_asked_once() -> None:
+    budgets = Budgets()
+    budgets.active = True
+    budgets.update(web_budget(0, disrupted=("web-0",)))
+    pods = NoDeletePods(budgets={"web": 0})
+    pods.add("n1", "web-0", group="web", labels=(("app", "web"),))
+
+    async def budget_lets_it_go() -> None:  # the entry expires; the budget has room again
+        await asyncio.sleep(0.3)
+        pods.budgets["web"] = 1
+        budgets.update(web_budget(1, 2))
+
+    room = asyncio.create_task(budget_lets_it_go())
+    report = await run(pods, 3.0, FAST, budgets)
+    await room
+    assert report.complete and report.evicted == ["ns/web-0"]
+    assert [name for verb, name, _ in pods.calls if verb == "delete"] == ["web-0"]  # refused once, not again
+    assert len(pods.evictions_of("web-0")) >= 1

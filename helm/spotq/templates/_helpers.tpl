@@ -91,10 +91,12 @@ SPOTQ_KUBE__POD_NAME SPOTQ_KUBE__POD_NAMESPACE SPOTQ_KUBE__KUBECONFIG SPOTQ_KUBE
 {{- if or (kindIs "invalid" $value) (eq (toString $value) "") }}20{{ else }}{{ include "spotq.float" $value }}{{ end }}
 {{- end }}
 
-{{/* Deletes pods (and so needs RBAC for it) only when the force option is on. */}}
-{{- define "spotq.forceDelete" -}}
+{{/* Deletes pods (and so needs RBAC for it) only with the force option on, or completing admitted evictions. */}}
+{{- define "spotq.deletesPods" -}}
 {{- $value := .Values.drain.forceDeleteBeforeDeadlineSeconds }}
-{{- if and (not (kindIs "invalid" $value)) (ne (toString $value) "") (gt (float64 (include "spotq.float" $value)) 0.0) }}true{{ end }}
+{{- $complete := (.Values.drain).completeAdmittedEvictions }}
+{{- if and (not (kindIs "invalid" $value)) (ne (toString $value) "") (gt (float64 (include "spotq.float" $value)) 0.0) }}true
+{{- else if or (kindIs "invalid" $complete) (eq (toString $complete) "true") }}true{{ end }}
 {{- end }}
 
 {{- define "spotq.terminationGracePeriodSeconds" -}}

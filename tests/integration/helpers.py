@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from testenv import KubeClient, MotoServer
+from testenv import KubeClient, LocalCluster, MotoServer
+from testenv.workloads import KWOK_ANNOTATION
 
 
 def wait_until(what: str, check: Callable[[], Any], timeout: float = 90.0, every: float = 0.25) -> Any:
@@ -63,3 +64,25 @@ class BudgetWatch:
                 self.worst[name] = min(self.worst.get(name, margin), margin)
             self.samples += 1
             self._stop.wait(self._every)
+
+
+def bind_pod(
+    cluster: LocalCluster, namespace: str, node: str, name: str, labels: dict[str, str] | None = None, **spec: Any
+) -> str:
+    """A pod bound straight to `node` (spec.nodeName, no scheduler), grace 0 unless `spec` says; returns its UID."""
+    created = cluster.client.create(
+        f"/api/v1/namespaces/{namespace}/pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, **({"labels": labels} if labels else {})},
+            "spec": {
+                "nodeName": node,
+                "terminationGracePeriodSeconds": 0,
+                "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+                "tolerations": [{"key": KWOK_ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}],
+                **spec,
+            },
+        },
+    )
+    return str(created["metadata"]["uid"])

@@ -23,29 +23,12 @@ from spotq.kube.pdbs import watch_budgets
 from spotq.kube.pods import PodClient
 from spotq.settings import KubeSettings
 from testenv import LocalCluster
-from testenv.workloads import KWOK_ANNOTATION, pdb_manifest
+from testenv.workloads import pdb_manifest
 
+from .helpers import bind_pod
 from .test_drain_arrivals import wait_gone
 
 pytestmark = pytest.mark.integration
-
-
-def bind(cluster: LocalCluster, namespace: str, node: str, name: str) -> str:
-    created = cluster.client.create(
-        f"/api/v1/namespaces/{namespace}/pods",
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": "web"}},
-            "spec": {
-                "nodeName": node,
-                "terminationGracePeriodSeconds": 0,
-                "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
-                "tolerations": [{"key": KWOK_ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}],
-            },
-        },
-    )
-    return str(created["metadata"]["uid"])
 
 
 def admitted_but_not_deleted(cluster: LocalCluster, namespace: str, pod: str) -> None:
@@ -60,8 +43,10 @@ def admitted_but_not_deleted(cluster: LocalCluster, namespace: str, pod: str) ->
     cluster.client.patch(f"{path}/status", {"status": {"disruptedPods": {pod: stamp}}})
     cluster.client.wait_for(
         "the controller to count the pod as disrupted",
-        lambda: (status := cluster.client.get(path).get("status") or {}).get("disruptionsAllowed") == 0
-        and pod in (status.get("disruptedPods") or {}),
+        lambda: (
+            (status := cluster.client.get(path).get("status") or {}).get("disruptionsAllowed") == 0
+            and pod in (status.get("disruptedPods") or {})
+        ),
         timeout=60,
     )
 
@@ -86,8 +71,8 @@ def test_a_pod_its_budget_counts_as_evicted_but_still_there_is_deleted_by_the_dr
     local_cluster: LocalCluster, namespace: str
 ) -> None:
     drained, other = (n.node_name for n in local_cluster.create_spot_nodes(2))
-    uid = bind(local_cluster, namespace, drained, "web-0")
-    bind(local_cluster, namespace, other, "web-1")
+    uid = bind_pod(local_cluster, namespace, drained, "web-0", {"app": "web"})
+    bind_pod(local_cluster, namespace, other, "web-1", {"app": "web"})
     local_cluster.client.create(
         f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets",
         pdb_manifest("web", {"app": "web"}, min_available=1),

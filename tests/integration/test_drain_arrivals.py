@@ -17,7 +17,8 @@ from spotq.kube.client import KubeClient
 from spotq.kube.pods import PodClient
 from spotq.settings import KubeSettings
 from testenv import LocalCluster
-from testenv.workloads import KWOK_ANNOTATION
+
+from .helpers import bind_pod
 
 pytestmark = pytest.mark.integration
 
@@ -37,25 +38,6 @@ class WatchedPodClient(PodClient):
             self.opened.set()
 
         await super().follow_node(node, listed, on_event)
-
-
-def bind_pod(cluster: LocalCluster, namespace: str, node: str, name: str) -> str:
-    """A pod bound straight to `node` (spec.nodeName, no scheduler); returns its UID."""
-    created = cluster.client.create(
-        f"/api/v1/namespaces/{namespace}/pods",
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name},
-            "spec": {
-                "nodeName": node,
-                "terminationGracePeriodSeconds": 0,
-                "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
-                "tolerations": [{"key": KWOK_ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}],
-            },
-        },
-    )
-    return str(created["metadata"]["uid"])
 
 
 def wait_gone(cluster: LocalCluster, namespace: str, name: str, uid: str, timeout: float = 30.0) -> None:

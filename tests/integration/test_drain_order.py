@@ -16,27 +16,15 @@ from spotq.kube.client import KubeClient
 from spotq.kube.pods import PodClient
 from spotq.settings import KubeSettings
 from testenv import LocalCluster
-from testenv.workloads import KWOK_ANNOTATION, pdb_manifest
+from testenv.workloads import pdb_manifest
+
+from .helpers import bind_pod
 
 pytestmark = pytest.mark.integration
 
 
 def bind(cluster: LocalCluster, namespace: str, node: str, name: str, **spec: Any) -> None:
-    cluster.client.create(
-        f"/api/v1/namespaces/{namespace}/pods",
-        {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "labels": {"app": name.rsplit("-", 1)[0]}},
-            "spec": {
-                "nodeName": node,
-                "terminationGracePeriodSeconds": 0,
-                "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
-                "tolerations": [{"key": KWOK_ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}],
-                **spec,
-            },
-        },
-    )
+    bind_pod(cluster, namespace, node, name, {"app": name.rsplit("-", 1)[0]}, **spec)
 
 
 def watch_leaving(cluster: LocalCluster, pods: list[tuple[str, str]], seconds: float) -> dict[str, float]:

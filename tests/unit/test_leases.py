@@ -217,8 +217,11 @@ class _StallsOnce(FakeTransport):
     """Answers the `stalled`-th Lease update only after `stall` s: an API server paused while the renewal was in
     flight (SIGSTOP), answering when it comes back."""
 
-    def __init__(self, *, stalled: int, stall: float, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, stalled: int, stall: float, updates: list[JSON | BaseException]) -> None:
+        super().__init__(
+            answers={"create_lease": [lease("a")], "update_lease": list(updates), "list_leases": [listing()]},
+            streams={"watch_leases": [[HOLD]]},
+        )
         self.stalled, self.stall, self.updates = stalled, stall, 0
         self.sent: list[float] = []
 
@@ -250,22 +253,23 @@ async def _holding_while(leases: ReplicaLeases, seconds: float) -> list[bool]:
     return seen
 
 
+async def _holding_around_the_stall(
+    transport: _StallsOnce, *, lease_seconds: float, watch_seconds: float
+) -> list[bool]:
+    """Replica "a" on `transport`: `holding()` as it changes from the stalled renewal's send on."""
+    leases = ReplicaLeases(transport, NS, "a", lease_seconds=lease_seconds)
+    async with running(leases):
+        await _until(lambda: transport.updates == transport.stalled)
+        return await _holding_while(leases, watch_seconds)
+
+
 async def test_after_a_stalled_renewal_the_next_goes_out_at_once_and_the_drains_stop_only_once() -> None:
     # Lease 2 s: renewed every 0.4 s, drains stop 1.6 s after a renewal's send. The third update stalls 1.4 s: the
     # second's watchdog stops the drains meanwhile; the stalled one comes back with 0.2 s left on its own watchdog.
     # Paced from the answer, the next renewal would go out 0.4 s later, after that watchdog: the drains resumed
     # in between would be stopped a second time (the API server then left a cut-off eviction half done).
-    transport = _StallsOnce(
-        stalled=3,
-        stall=1.4,
-        answers={"create_lease": [lease("a")], "update_lease": [lease("a") for _ in range(40)]},
-        streams={"watch_leases": [[HOLD]]},
-    )
-    transport.answers["list_leases"] = [listing()]
-    leases = ReplicaLeases(transport, NS, "a", lease_seconds=2.0)
-    async with running(leases):
-        await _until(lambda: transport.updates == 3)  # the stalled one sent
-        seen = await _holding_while(leases, 2.5)
+    transport = _StallsOnce(stalled=3, stall=1.4, updates=[lease("a") for _ in range(40)])
+    seen = await _holding_around_the_stall(transport, lease_seconds=2.0, watch_seconds=2.5)
     assert seen == [True, False, True]
     answered = transport.sent[2] + 1.4
     assert transport.sent[3] - answered < 0.1  # the renewal after the stalled one: at once
@@ -276,17 +280,8 @@ async def test_a_renewal_answered_after_its_watchdog_does_not_let_the_drains_go_
 ) -> None:
     # Lease 1 s: drains stop 0.8 s after a renewal's send. The second update comes back 1.5 s after it was sent:
     # the others may see the Lease expire any moment from then; only the next renewal, in time, resumes the drains.
-    transport = _StallsOnce(
-        stalled=2,
-        stall=1.5,
-        answers={"create_lease": [lease("a")], "update_lease": [lease("a"), lease("a"), ApiError(500, "x", "y")]},
-        streams={"watch_leases": [[HOLD]]},
-    )
-    transport.answers["list_leases"] = [listing()]
-    leases = ReplicaLeases(transport, NS, "a", lease_seconds=1.0)
-    async with running(leases):
-        await _until(lambda: transport.updates == 2)  # the stalled one sent
-        seen = await _holding_while(leases, 2.2)
+    transport = _StallsOnce(stalled=2, stall=1.5, updates=[lease("a"), lease("a"), ApiError(500, "x", "y")])
+    seen = await _holding_around_the_stall(transport, lease_seconds=1.0, watch_seconds=2.2)
     # The stalled answer (1.5 s after its send) and the refused one after it: lost from the first watchdog on, said
     # once (not cleared by the late answer for a moment and lost again).
     assert seen == [True, False]

@@ -90,12 +90,6 @@ def _wave(run: ScaleRun, config: str, process: ManagedProcess, router: AwsRouter
     say(f"  nth-{config}: {len(nodes)} warnings enqueued in {max(enqueued) - start:.2f}s")
     sqs = endpoint.client()
 
-    def progress() -> str:
-        snap = observer.snapshot()["nodes"].values()
-        marked = sum(1 for t in snap if t["marked"] is not None)
-        drained = sum(1 for t in snap if t["drained"] is not None)
-        return f"marked {marked}/{len(nodes)}, drained {drained}/{len(nodes)}"
-
     def finished() -> bool:
         if observer.done() or not process.running():
             return True
@@ -103,7 +97,7 @@ def _wave(run: ScaleRun, config: str, process: ManagedProcess, router: AwsRouter
         # done with every node it will do anything to.
         return time.time() - start >= 20 and not observer.all_drained() and queue_settled(sqs, queue_url)
 
-    wait_for(f"nth-{config} drains", finished, run.args.nth_limit, progress)
+    wait_for(f"nth-{config} drains", finished, run.args.nth_limit, observer.progress)
     ended = time.time() - start
     exited = process.popen.poll()
     sampler.stop()

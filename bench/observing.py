@@ -216,6 +216,13 @@ class Observer:
         with self._lock:
             return all(t.drained is not None for t in self.nodes.values()) and self.capacity_restored is not None
 
+    def progress(self) -> str:
+        """One line for a waiting phase: how many of the followed nodes are marked and drained."""
+        with self._lock:
+            marked = sum(1 for t in self.nodes.values() if t.marked is not None)
+            drained = sum(1 for t in self.nodes.values() if t.drained is not None)
+            return f"marked {marked}/{len(self.nodes)}, drained {drained}/{len(self.nodes)}"
+
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             return {

@@ -130,12 +130,6 @@ class ScaleRun:
         enqueued = sqs_endpoint.send_batched(endpoint, queue_url, bodies, senders=16)
         say(f"  {phase}: {len(nodes)} warnings enqueued in {max(enqueued) - start:.2f}s")
 
-        def progress() -> str:
-            snap = observer.snapshot()["nodes"].values()
-            marked = sum(1 for t in snap if t["marked"] is not None)
-            drained = sum(1 for t in snap if t["drained"] is not None)
-            return f"marked {marked}/{len(nodes)}, drained {drained}/{len(nodes)}"
-
         def finished() -> bool:
             # Every node drained and capacity back; or spotq has settled every message while some nodes still
             # hold pods (their drains reached the deadline): nothing more will happen to those nodes.
@@ -145,7 +139,7 @@ class ScaleRun:
                 return False
             return spotq_signals.idle(spotq)
 
-        wait_for(f"{phase} drains", finished, self.args.phase_timeout, progress)
+        wait_for(f"{phase} drains", finished, self.args.phase_timeout, observer.progress)
         queue_empty = wait_queue_empty(endpoint, queue_url, timeout=60)
         profile_summary = prof.stop() if prof is not None else None
         if first is not None and profile_summary is not None:

@@ -127,7 +127,7 @@ def load(settings: WebhookSettings, *, read: Callable[[Path], str] = Path.read_t
         source, name, setting = settings.template, "custom", "template"
     try:
         # The presets are JSON whatever the Content-Type says.
-        template = compile_template(source, json_body=name in PRESETS or _json_type(headers))
+        template = compile_template(source, json_body=name in PRESETS or _json_type(headers), slack=name == "slack")
     except TemplateError as exc:
         raise _invalid(setting, str(exc)) from None
     return WebhookConfig(

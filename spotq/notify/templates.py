@@ -8,7 +8,8 @@ once with awkward sample values to prove the result parses.
 
 Presets:
 - generic: a JSON object with every field (`warning` a JSON boolean).
-- slack: a Slack incoming webhook's `{"text": ...}`.
+- slack: a Slack incoming webhook's `{"text": ...}`; `&`, `<` and `>` in the values are written as Slack asks
+  (`&amp;`, `&lt;`, `&gt;`), so a value can never make a link or a mention such as `<!channel>`.
 - teams: a Microsoft Teams incoming webhook's message with one Adaptive Card (1.2) attachment — the format both the
   classic Incoming Webhook connector and the Workflows "when a Teams webhook request is received" flows accept
   (the legacy MessageCard is accepted by the retiring connectors only).
@@ -60,20 +61,29 @@ def _json_escaped(value: str) -> str:
     return json.dumps(value)[1:-1]
 
 
+def _slack_escaped(value: str) -> str:
+    """Slack's control characters in message text (api.slack.com, "Escaping text")."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 @dataclass(frozen=True)
 class BodyTemplate:
     source: str
     json: bool
     """Values are JSON-escaped, and the body is checked to parse as JSON."""
+    slack: bool = False
+    """Values are escaped for Slack message text first."""
 
     def render(self, notification: Notification) -> bytes:
         values = notification.fields()
+        if self.slack:
+            values = {name: _slack_escaped(value) for name, value in values.items()}
         if self.json:
             values = {name: _json_escaped(value) for name, value in values.items()}
         return string.Template(self.source).substitute(values).encode()
 
 
-def compile_template(source: str, *, json_body: bool) -> BodyTemplate:
+def compile_template(source: str, *, json_body: bool, slack: bool = False) -> BodyTemplate:
     """A usable template, or TemplateError naming what is wrong (an unknown name, a bad `$`, not JSON)."""
     template = string.Template(source)
     if not template.is_valid():
@@ -87,7 +97,7 @@ def compile_template(source: str, *, json_body: bool) -> BodyTemplate:
             f"unknown name{'s' if len(unknown) > 1 else ''} {', '.join('$' + n for n in unknown)}; "
             f"known: {', '.join('$' + n for n in FIELD_NAMES)}"
         )
-    compiled = BodyTemplate(source, json_body)
+    compiled = BodyTemplate(source, json_body, slack)
     if json_body:
         for warning in (True, False):
             sample = compiled.render(replace(_AWKWARD, warning=warning))

@@ -24,7 +24,7 @@ NOTIFICATION = Notification(
 
 
 def _render(name: str, notification: Notification = NOTIFICATION) -> Any:
-    return json.loads(compile_template(PRESETS[name], json_body=True).render(notification))
+    return json.loads(compile_template(PRESETS[name], json_body=True, slack=name == "slack").render(notification))
 
 
 def test_generic_preset_is_json_with_every_field_escaped() -> None:
@@ -47,7 +47,18 @@ def test_generic_preset_is_json_with_every_field_escaped() -> None:
 def test_slack_preset_is_an_incoming_webhook_text_message() -> None:
     body = _render("slack")
     assert list(body) == ["text"]
-    assert body["text"] == f'⚠ DrainTimedOut: node ip-10-0-0-1"\\ in prod-eu (i-0123456789abcdef0): {NASTY}'
+    shown = NASTY.replace("</b>", "&lt;/b&gt;")  # Slack's escaping: no value makes a link or a mention
+    assert body["text"] == f'⚠ DrainTimedOut: node ip-10-0-0-1"\\ in prod-eu (i-0123456789abcdef0): {shown}'
+
+
+def test_slack_text_cannot_mention_everyone_or_make_a_link() -> None:
+    hostile = Notification(
+        "n1", None, "DrainBlocked", "<!channel> & <https://evil.example|click>", True, NOTIFICATION.time
+    )
+    text = _render("slack", hostile)["text"]
+    assert "<" not in text and ">" not in text
+    assert text.endswith("&lt;!channel&gt; &amp; &lt;https://evil.example|click&gt;")
+    assert _render("generic", hostile)["message"] == hostile.message  # only Slack's text is escaped
 
 
 def test_teams_preset_is_a_message_with_one_adaptive_card() -> None:

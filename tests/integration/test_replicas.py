@@ -265,6 +265,17 @@ def in_flight(moto: MotoServer, queue: str) -> int:
     return int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
+def start_with_warnings(
+    replicas: Replicas, name: str, w: Wave, victims: list[NodeInfo], moto: MotoServer, queue: str
+) -> SpotqProcess:
+    """Replica `name` with room for one message per node of the wave, then a warning sent for each of `victims`."""
+    started = replicas.start(name, SPOTQ_QUEUE__MAX_IN_FLIGHT_MESSAGES=str(len(w.victims)))
+    sqs = moto.client("sqs")
+    for victim in victims:
+        sqs.send_message(QueueUrl=queue, MessageBody=w.warning(victim))
+    return started
+
+
 def test_a_wave_delivered_twice_to_two_replicas_evicts_each_pod_once_and_drains_each_node_once(
     audited: tuple[LocalCluster, Path], replicas: Replicas, wave: Any, moto: MotoServer, queue: str
 ) -> None:
@@ -274,20 +285,14 @@ def test_a_wave_delivered_twice_to_two_replicas_evicts_each_pod_once_and_drains_
     _, log = audited
     nodes = 6
     w: Wave = wave(nodes, 24, 0)
-    sqs = moto.client("sqs")
-    room = {"SPOTQ_QUEUE__MAX_IN_FLIGHT_MESSAGES": str(nodes)}
-    a = replicas.start("replica-a", **room)
-    for victim in w.victims:
-        sqs.send_message(QueueUrl=queue, MessageBody=w.warning(victim))
+    a = start_with_warnings(replicas, "replica-a", w, w.victims, moto, queue)
     wait_until("a holds every first copy", lambda: a.metric("spotq_messages_in_flight") == nodes, timeout=30)
     wait_until(
         "a's drains under way",
         lambda: all(w.annotations(v).get(DRAIN) == "started" for v in w.victims),
         timeout=30,
     )
-    b = replicas.start("replica-b", **room)
-    for victim in w.victims:
-        sqs.send_message(QueueUrl=queue, MessageBody=w.warning(victim))
+    b = start_with_warnings(replicas, "replica-b", w, w.victims, moto, queue)
     wait_until("b holds every second copy", lambda: b.metric("spotq_messages_in_flight") == nodes, timeout=30)
     assert a.metric("spotq_messages_in_flight") == nodes  # a received no second copy
     time.sleep(3)  # b has had every chance to start drains of its own
@@ -325,20 +330,14 @@ def test_a_killed_replicas_drains_are_taken_over_by_the_other_within_a_lease(
     _, log = audited
     nodes = 4
     w: Wave = wave(nodes, 16, 2)
-    sqs = moto.client("sqs")
-    room = {"SPOTQ_QUEUE__MAX_IN_FLIGHT_MESSAGES": str(nodes)}
-    a = replicas.start("replica-a", **room)
-    for victim in w.victims:
-        sqs.send_message(QueueUrl=queue, MessageBody=w.warning(victim))
+    a = start_with_warnings(replicas, "replica-a", w, w.victims, moto, queue)
     wait_until(
         "a's drains under way",
         lambda: all(w.annotations(v).get(DRAIN) == "started" for v in w.victims),
         timeout=30,
     )
     wait_until("a's first evictions", lambda: w.pods_left() == 16 - 2, timeout=30)
-    b = replicas.start("replica-b", **room)
-    for victim in w.victims[:2]:
-        sqs.send_message(QueueUrl=queue, MessageBody=w.warning(victim))
+    b = start_with_warnings(replicas, "replica-b", w, w.victims[:2], moto, queue)
     wait_until("b holds its two copies", lambda: b.metric("spotq_messages_in_flight") == 2, timeout=30)
     assert a.process is not None
     a.process.kill()

@@ -68,8 +68,7 @@ class AwsRouter:
 
             do_GET = do_POST  # noqa: N815 (the name http.server dispatches to)
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = forwarding.QuietServer(("127.0.0.1", self.port), Handler)
         threading.Thread(target=self._server.serve_forever, name="aws-router", daemon=True).start()
         return self
 

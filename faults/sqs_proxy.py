@@ -47,15 +47,6 @@ def _action(headers: Any) -> str:
     return str(headers.get("X-Amz-Target") or "").rpartition(".")[2] or "unknown"
 
 
-class _QuietServer(http.server.ThreadingHTTPServer):
-    """A connection cut by `refuse` ends its handler with an OSError; that is the fault, not news."""
-
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
 class SqsProxy:
     """Forwards every request to `upstream` (a base URL) and records the queue's fate of each message."""
 
@@ -98,7 +89,7 @@ class SqsProxy:
 
             do_GET = do_POST  # noqa: N815 (the name http.server dispatches to)
 
-        server = _QuietServer(("127.0.0.1", self.port), Handler)
+        server = forwarding.QuietServer(("127.0.0.1", self.port), Handler)  # a cut connection is the fault
         self._server = server
         threading.Thread(target=server.serve_forever, name="sqs-proxy", daemon=True).start()
         return self

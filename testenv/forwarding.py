@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import http.server
+from typing import Any
 
 # Headers that describe one connection, or that the relay sets itself, not the message.
 HOP_BY_HOP = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"})
@@ -40,4 +41,14 @@ def answer(
         request.end_headers()
         request.wfile.write(data)
     except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+class QuietServer(http.server.ThreadingHTTPServer):
+    """A threading server whose handlers' connection errors are not printed: a client that goes away mid-request
+    (a contender stopped during a long poll, a connection a fault cut) is what these relays expect."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
         pass

@@ -73,8 +73,15 @@ class WatchList:
     supported: bool = True
 
 
-# A server without watch-list (WatchList gate off, as on 1.33, or before 1.27) rejects sendInitialEvents.
+# A server without watch-list (WatchList gate off, as on 1.33, or before 1.27) rejects sendInitialEvents. A 403
+# counts only when it is about that parameter: one from RBAC (a cold cache after a restart) is a denial, retried.
 _WATCH_LIST_REFUSED = frozenset({400, 403, 422})
+
+
+def _refuses_watch_list(exc: ApiError) -> bool:
+    return exc.status in _WATCH_LIST_REFUSED and (exc.status != 403 or "sendInitialEvents" in exc.body)
+
+
 _INITIAL_EVENTS_END = "k8s.io/initial-events-end"
 
 OnList = Callable[[AsyncIterator[JSON]], Awaitable[None]]
@@ -174,7 +181,7 @@ async def _open(
             initial = await _initial_state(stream)
         except ApiError as exc:
             await stream.aclose()
-            if exc.status not in _WATCH_LIST_REFUSED:
+            if not _refuses_watch_list(exc):
                 raise
             watch_list.supported = False
             log.info(

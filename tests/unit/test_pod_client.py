@@ -144,6 +144,19 @@ async def test_other_errors_are_retried_not_mistaken_for_a_missing_feature(
     assert restarts(reason) == before + 1
 
 
+async def test_an_rbac_refusal_is_not_mistaken_for_a_server_without_watch_list() -> None:
+    # Right after an API server restart its RBAC cache is cold: the watch-list request gets a 403 that names the
+    # user, not the feature. It is retried as a watch-list once RBAC answers, not turned into list+watch for good.
+    denied = ApiError(403, "Forbidden", 'pods is forbidden: User "system:serviceaccount:s:spotq" cannot watch')
+    kube = FakeTransport(
+        streams={"watch_list_pods": [[denied], [{"type": "ADDED", "object": pod("a", "5")}, initial_end("8"), HOLD]]}
+    )
+    seen = Follower()
+    await seen.follow(PodClient(kube, backoff=FAST), seen.seen(lambda: seen.lists))
+    assert seen.lists == [["a"]]
+    assert kube.operations() == ["watch_list_pods", "watch_list_pods"]
+
+
 async def test_an_expired_watch_relists_at_once_and_a_broken_one_after_a_back_off() -> None:
     cut = WatchStreamError("watch_list_pods: watch line is not JSON")
     kube = FakeTransport(

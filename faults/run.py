@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-delay", type=float, default=3.0, help="s from a pod's binding to Ready")
     parser.add_argument("--restart-delay", type=float, default=5.0, help="kill -9 → restart, s (spotq, API server)")
     parser.add_argument("--apiserver-pause", type=float, default=20.0, help="SIGSTOP → SIGCONT, s")
+    parser.add_argument("--throttle", type=float, default=30.0, help="the API server with a few seats, s")
     parser.add_argument("--sqs-outage", type=float, default=45.0, help="SQS hung / refusing, s")
     parser.add_argument("--flood", type=int, default=2000, help="bad bodies in the poison flood")
     parser.add_argument("--flood-real", type=int, default=10, help="real warnings among them")
@@ -62,6 +63,7 @@ def options(args: argparse.Namespace) -> Options:
         ready_delay=args.ready_delay,
         restart_delay=args.restart_delay,
         apiserver_pause=args.apiserver_pause,
+        throttle=args.throttle,
         sqs_outage=args.sqs_outage,
         flood=args.flood,
         flood_real=args.flood_real,

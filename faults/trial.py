@@ -29,6 +29,8 @@ class Options:
     ready_delay: float = 3.0
     restart_delay: float = 5.0  # kill -9 → restart of spotq (a container restart)
     apiserver_pause: float = 20.0
+    throttle: float = 30.0  # how long the API server runs with a few request seats (429 storms)
+    throttle_seats: tuple[int, int] = (4, 2)  # its --max-requests-inflight, --max-mutating-requests-inflight then
     sqs_outage: float = 45.0
     flood: int = 2000
     flood_real: int = 10

@@ -34,6 +34,8 @@ SCENARIOS: dict[str, Scenario] = {
                  control_plane.apiserver_pause),
         Scenario("apiserver-restart", "control plane", "kube-apiserver kill -9 mid-wave, then restart",
                  control_plane.apiserver_restart),
+        Scenario("apiserver-throttled", "control plane", "kube-apiserver with a few request seats mid-wave",
+                 control_plane.apiserver_throttled),
         Scenario("sqs-hung", "queue", "SQS endpoint hung (SIGSTOP) while drains finish", queue.sqs_hung),
         Scenario("sqs-refused", "queue", "SQS endpoint refusing connections, then back on its port",
                  queue.sqs_refused),

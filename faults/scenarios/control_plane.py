@@ -1,5 +1,6 @@
-"""Faults of the Kubernetes API server mid-wave: hung (SIGSTOP for `apiserver_pause` s, then SIGCONT), and killed
-(kill -9) then restarted with the same command line `restart_delay` s later.
+"""Faults of the Kubernetes API server mid-wave: hung (SIGSTOP for `apiserver_pause` s, then SIGCONT), killed
+(kill -9) then restarted with the same command line `restart_delay` s later, and throttling: restarted with a few
+request seats for `throttle` s (API Priority and Fairness turns what does not fit away with 429), then with its own.
 
 The whole control plane stalls with it (scheduler, controllers and kwok talk to it too); what is measured is how
 soon spotq works again once the API server answers: its first eviction after the fault, and that every drain
@@ -54,6 +55,37 @@ def apiserver_restart(env: Environment, opts: Options) -> Figures:
         {
             "killed_at_seconds": round(killed - trial.wave.event_time, 1),
             "down_seconds": round(ready - killed, 1),
+            "ready_again_after_seconds": _after(trial.sampler.ready_again(proc.label, ready), ready),
+        }
+    )
+    return found
+
+
+def apiserver_throttled(env: Environment, opts: Options) -> Figures:
+    reads, writes = opts.throttle_seats
+    title = f"kube-apiserver with {reads}+{writes} request seats for {opts.throttle:g} s mid-wave (429 storm)"
+    trial = Trial(env, opts, "apiserver-throttled", title)
+    proc = env.spotq("spotq-0")
+    trial.interrupt()
+    trial.mid_wave(0.3)
+    killed = apiserver.kill(env.kube)
+    throttled = apiserver.restart(env.kube, seats=opts.throttle_seats)
+    time.sleep(opts.throttle)
+    apiserver.kill(env.kube)
+    ready = apiserver.restart(env.kube)
+    trial.settle()
+    found = trial.finish(serving=[proc])
+    _resume_figures(found, trial, proc.user, killed, ready, "API server back with its own seats")
+    during = [r for r in trial.audit.requests if r.user == proc.user and throttled <= r.received <= ready]
+    found.details.update(
+        {
+            "throttled_at_seconds": round(throttled - trial.wave.event_time, 1),
+            "throttled_seconds": round(ready - throttled, 1),
+            "spotq_requests_while_throttled": len(during),
+            "spotq_429s_while_throttled": sum(1 for r in during if r.code == 429),
+            "evictions_while_throttled": sum(
+                1 for r in during if r.resource == "pods/eviction" and 200 <= r.code < 300
+            ),
             "ready_again_after_seconds": _after(trial.sampler.ready_again(proc.label, ready), ready),
         }
     )

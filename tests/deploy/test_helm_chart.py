@@ -83,6 +83,7 @@ def test_queue_mode_renders_a_deployment_running_spotq_run_and_no_daemonset(helm
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "FlowSchema",
         "Role",
         "RoleBinding",
         "Service",
@@ -272,6 +273,21 @@ def test_force_delete_option_adds_pod_delete_and_sets_the_setting(helm: Helm) ->
     objects = helm.template(*QUEUE, *off, "--set", "drain.forceDeleteBeforeDeadlineSeconds=30")
     assert _rules(objects)["pods"] == ["delete", "list", "watch"]
     assert env_values(one(objects, "Deployment"))["SPOTQ_DRAIN__FORCE_DELETE_BEFORE_DEADLINE_SECONDS"] == "30"
+
+
+def test_a_flow_schema_puts_the_service_account_in_its_own_priority_level(helm: Helm) -> None:
+    for mode in (QUEUE, IMDS):
+        schema = one(helm.template(*mode), "FlowSchema")
+        assert schema["apiVersion"] == "flowcontrol.apiserver.k8s.io/v1"
+        assert schema["spec"]["priorityLevelConfiguration"] == {"name": "workload-high"}
+        assert schema["spec"]["matchingPrecedence"] < 9000  # ahead of the default service-accounts schema
+        (rule,) = schema["spec"]["rules"]
+        assert rule["subjects"] == [
+            {"kind": "ServiceAccount", "serviceAccount": {"name": "spotq", "namespace": "kube-system"}}
+        ]
+    assert of_kind(helm.template(*QUEUE, "--set", "flowSchema.create=false"), "FlowSchema") == []
+    other = one(helm.template(*QUEUE, "--set", "flowSchema.priorityLevel=spotq"), "FlowSchema")
+    assert other["spec"]["priorityLevelConfiguration"] == {"name": "spotq"}
 
 
 def test_pods_are_never_deleted_with_both_deleting_options_off(helm: Helm) -> None:

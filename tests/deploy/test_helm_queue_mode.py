@@ -7,7 +7,9 @@ interruption put on the EventBridge bus drains the node.
 
 from __future__ import annotations
 
+import http.client
 import json
+import ssl
 import subprocess
 import sys
 import uuid
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testenv import KubeApiError, LocalCluster, MotoServer, tools
+from testenv import KubeApiError, LocalCluster, MotoServer, tools, workloads
 from testenv.kube import JSON
 from testenv.procs import ManagedProcess, wait_until
 
@@ -81,7 +83,7 @@ def _api_path(obj: JSON, namespace: str) -> str:
     group_version, kind, name = obj["apiVersion"], obj["kind"], obj["metadata"]["name"]
     prefix = f"/api/{group_version}" if "/" not in group_version else f"/apis/{group_version}"
     plural = {"PodDisruptionBudget": "poddisruptionbudgets"}.get(kind, kind.lower() + "s")
-    if kind in ("ClusterRole", "ClusterRoleBinding"):
+    if kind in ("ClusterRole", "ClusterRoleBinding", "FlowSchema"):
         return f"{prefix}/{plural}/{name}"
     return f"{prefix}/namespaces/{obj['metadata'].get('namespace', namespace)}/{plural}/{name}"
 
@@ -101,12 +103,56 @@ def test_helm_install_creates_every_object_and_the_api_server_accepts_them(
         "RoleBinding",
         "Service",
         "Deployment",
+        "FlowSchema",
     }
     for obj in objects:
         stored = local_cluster.client.get(_api_path(obj, NAMESPACE))
         assert stored["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
     account = local_cluster.client.get(f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts/{RELEASE}")
     assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == stack["RoleARN"]
+
+
+def _served_by(local_cluster: LocalCluster, namespace: str, account: str) -> tuple[str | None, str | None]:
+    """The UIDs of the FlowSchema that matched a request made as the ServiceAccount and of the API Priority and
+    Fairness level that served it (the API server says both in response headers)."""
+    token = workloads.mint_token(local_cluster.client, namespace, account)
+    server = local_cluster.server_url.removeprefix("https://")
+    host, _, port = server.partition(":")
+    context = ssl.create_default_context(cafile=str(local_cluster.ca_path))
+    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+    try:
+        connection.request("GET", "/api/v1/nodes?limit=1", headers={"Authorization": f"Bearer {token}"})
+        response = connection.getresponse()
+        response.read()
+        return response.getheader("X-Kubernetes-PF-FlowSchema-UID"), response.getheader(
+            "X-Kubernetes-PF-PriorityLevel-UID"
+        )
+    finally:
+        connection.close()
+
+
+def test_spotq_requests_are_served_in_the_priority_level_its_flow_schema_names(
+    local_cluster: LocalCluster, cluster_helm: Helm, namespace: str
+) -> None:
+    # Outside kube-system (whose accounts the API server already serves in workload-high) a ServiceAccount's
+    # requests land in workload-low, shared by every ServiceAccount: other clients' 429 storms would turn spotq's
+    # Lease renewals, taints and evictions away too (see the fault report's apiserver-throttled scenario).
+    name = "spotq-apf"
+    cluster_helm.run(
+        "install", name, "helm/spotq", "--namespace", namespace,
+        "--set", "queue.url=https://sqs.us-east-1.amazonaws.com/123456789012/apf",
+    )  # fmt: skip
+    try:
+        flowcontrol = "/apis/flowcontrol.apiserver.k8s.io/v1"
+        ours = local_cluster.client.get(f"{flowcontrol}/flowschemas/{name}")["metadata"]["uid"]
+        high = local_cluster.client.get(f"{flowcontrol}/prioritylevelconfigurations/workload-high")["metadata"]["uid"]
+        low = local_cluster.client.get(f"{flowcontrol}/prioritylevelconfigurations/workload-low")["metadata"]["uid"]
+        assert _served_by(local_cluster, namespace, name) == (ours, high)
+        local_cluster.create_service_account(namespace, "another-client")
+        schema, level = _served_by(local_cluster, namespace, "another-client")
+        assert schema != ours and level == low  # the rest stay where they were
+    finally:
+        cluster_helm.run("uninstall", name, "--namespace", namespace, "--wait", check=False)
 
 
 def test_helm_install_dry_run_on_the_server_accepts_the_imds_mode_objects(cluster_helm: Helm) -> None:

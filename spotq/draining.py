@@ -376,8 +376,7 @@ class _Drain:
                 if self.may_complete and budgets.admitted(budget, pod.name) and await self._complete_admitted(pod):
                     return "evicted"
                 if window > 0 and attempt > 0 and self.due.seconds_left() <= window:
-                    async with self.evictions:
-                        await self.api.delete(pod, clamp_grace(pod.grace_seconds, self.due.seconds_left()))
+                    await self._delete(pod)
                     metrics.EVICTIONS.labels(result="force_deleted").inc()
                     self.report.forced[pod.key] = f"force-deleted before the deadline; {blocker}"
                     log.warning("pod force-deleted", extra={"node": self.report.node, "pod": pod.key, "why": blocker})
@@ -430,6 +429,11 @@ class _Drain:
                 await self._pause(backoff(attempt, self.options, None), window)
             attempt += 1
 
+    async def _delete(self, pod: Pod) -> None:
+        """Delete the pod (UID precondition) with the grace an eviction would give it now."""
+        async with self.evictions:
+            await self.api.delete(pod, clamp_grace(pod.grace_seconds, self.due.seconds_left()))
+
     async def _complete_admitted(self, pod: Pod) -> bool:
         """The pod's budget admitted an eviction of it and the pod is still there: the request was cut off between
         the budget's update and the pod's deletion (a client timeout, a connection cut, an API server killed or
@@ -437,8 +441,7 @@ class _Drain:
         pod counts as disrupted anyway: delete it (UID precondition, the grace an eviction would give), the
         eviction's second half. False when spotq may not delete pods: it waits for the budget then."""
         try:
-            async with self.evictions:
-                await self.api.delete(pod, clamp_grace(pod.grace_seconds, self.due.seconds_left()))
+            await self._delete(pod)
         except ApiError as exc:
             if exc.status != 403:
                 raise

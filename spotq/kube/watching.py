@@ -75,11 +75,11 @@ class WatchList:
 
 # A server without watch-list (WatchList gate off, as on 1.33, or before 1.27) rejects sendInitialEvents. A 403
 # counts only when it is about that parameter: one from RBAC (a cold cache after a restart) is a denial, retried.
-_WATCH_LIST_REFUSED = frozenset({400, 403, 422})
+_WATCH_LIST_REFUSED = frozenset({400, 422})
 
 
 def _refuses_watch_list(exc: ApiError) -> bool:
-    return exc.status in _WATCH_LIST_REFUSED and (exc.status != 403 or "sendInitialEvents" in exc.body)
+    return exc.status in _WATCH_LIST_REFUSED or (exc.status == 403 and "sendInitialEvents" in exc.body)
 
 
 _INITIAL_EVENTS_END = "k8s.io/initial-events-end"

@@ -95,6 +95,21 @@ class KubeClient:
         accept: str = "application/json",
     ) -> tuple[int, str]:
         """Send one request; returns (status, body text). Retries once on a dropped keep-alive connection."""
+        status, text, _ = self.exchange(method, path, body, params=params, content_type=content_type, accept=accept)
+        return status, text
+
+    def exchange(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: Mapping[str, str | int | bool] | None = None,
+        content_type: str = "application/json",
+        accept: str = "application/json",
+    ) -> tuple[int, str, dict[str, str]]:
+        """`raw`, with the response's headers too, names lowercased (e.g. which API Priority and Fairness level
+        served it)."""
         if params:
             encoded = {k: (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in params.items()}
             path = f"{path}?{urllib.parse.urlencode(encoded)}"
@@ -111,7 +126,7 @@ class KubeClient:
                 conn.request(method, path, body=payload, headers=headers)
                 response = conn.getresponse()
                 text = response.read().decode("utf-8", errors="replace")
-                return response.status, text
+                return response.status, text, {k.lower(): v for k, v in response.getheaders()}
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError, ssl.SSLEOFError):
                 self._drop_connection()
                 if attempt == 2:

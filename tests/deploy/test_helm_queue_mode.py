@@ -7,9 +7,8 @@ interruption put on the EventBridge bus drains the node.
 
 from __future__ import annotations
 
-import http.client
+import contextlib
 import json
-import ssl
 import subprocess
 import sys
 import uuid
@@ -19,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testenv import KubeApiError, LocalCluster, MotoServer, tools, workloads
+from testenv import KubeApiError, LocalCluster, MotoServer, tools
 from testenv.kube import JSON
 from testenv.procs import ManagedProcess, wait_until
 
@@ -115,20 +114,25 @@ def test_helm_install_creates_every_object_and_the_api_server_accepts_them(
 def _served_by(local_cluster: LocalCluster, namespace: str, account: str) -> tuple[str | None, str | None]:
     """The UIDs of the FlowSchema that matched a request made as the ServiceAccount and of the API Priority and
     Fairness level that served it (the API server says both in response headers)."""
-    token = workloads.mint_token(local_cluster.client, namespace, account)
-    server = local_cluster.server_url.removeprefix("https://")
-    host, _, port = server.partition(":")
-    context = ssl.create_default_context(cafile=str(local_cluster.ca_path))
-    connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+    client = local_cluster.token_client(namespace, account)
     try:
-        connection.request("GET", "/api/v1/nodes?limit=1", headers={"Authorization": f"Bearer {token}"})
-        response = connection.getresponse()
-        response.read()
-        return response.getheader("X-Kubernetes-PF-FlowSchema-UID"), response.getheader(
-            "X-Kubernetes-PF-PriorityLevel-UID"
-        )
+        _, _, headers = client.exchange("GET", "/api/v1/nodes", params={"limit": 1})
     finally:
-        connection.close()
+        client.close()
+    return headers.get("x-kubernetes-pf-flowschema-uid"), headers.get("x-kubernetes-pf-prioritylevel-uid")
+
+
+@contextlib.contextmanager
+def installed(cluster_helm: Helm, name: str, namespace: str, *sets: str) -> Iterator[None]:
+    """A release of its own (`--set` pairs in `sets`) for the length of the block."""
+    cluster_helm.run(
+        "install", name, "helm/spotq", "--namespace", namespace,
+        "--set", f"queue.url=https://sqs.us-east-1.amazonaws.com/123456789012/{name}", *sets,
+    )  # fmt: skip
+    try:
+        yield
+    finally:
+        cluster_helm.run("uninstall", name, "--namespace", namespace, "--wait", check=False)
 
 
 def test_spotq_requests_are_served_in_the_priority_level_its_flow_schema_names(
@@ -138,11 +142,7 @@ def test_spotq_requests_are_served_in_the_priority_level_its_flow_schema_names(
     # requests land in workload-low, shared by every ServiceAccount: other clients' 429 storms would turn spotq's
     # Lease renewals, taints and evictions away too (see the fault report's apiserver-throttled scenario).
     name = "spotq-apf"
-    cluster_helm.run(
-        "install", name, "helm/spotq", "--namespace", namespace,
-        "--set", "queue.url=https://sqs.us-east-1.amazonaws.com/123456789012/apf",
-    )  # fmt: skip
-    try:
+    with installed(cluster_helm, name, namespace):
         flowcontrol = "/apis/flowcontrol.apiserver.k8s.io/v1"
         ours = local_cluster.client.get(f"{flowcontrol}/flowschemas/{name}")["metadata"]["uid"]
         high = local_cluster.client.get(f"{flowcontrol}/prioritylevelconfigurations/workload-high")["metadata"]["uid"]
@@ -151,8 +151,6 @@ def test_spotq_requests_are_served_in_the_priority_level_its_flow_schema_names(
         local_cluster.create_service_account(namespace, "another-client")
         schema, level = _served_by(local_cluster, namespace, "another-client")
         assert schema != ours and level == low  # the rest stay where they were
-    finally:
-        cluster_helm.run("uninstall", name, "--namespace", namespace, "--wait", check=False)
 
 
 def test_helm_install_dry_run_on_the_server_accepts_the_imds_mode_objects(cluster_helm: Helm) -> None:
@@ -232,12 +230,13 @@ def test_pod_delete_is_granted_only_while_an_option_deletes_pods(
     local_cluster: LocalCluster, cluster_helm: Helm, namespace: str
 ) -> None:
     name = "spotq-force"
-    cluster_helm.run(
-        "install", name, "helm/spotq", "--namespace", namespace,
-        "--set", "queue.url=https://sqs.us-east-1.amazonaws.com/123456789012/force",
-        "--set", "drain.forceDeleteBeforeDeadlineSeconds=30", "--set", "drain.completeAdmittedEvictions=false",
-    )  # fmt: skip
-    try:
+    only_force = (
+        "--set",
+        "drain.forceDeleteBeforeDeadlineSeconds=30",
+        "--set",
+        "drain.completeAdmittedEvictions=false",
+    )
+    with installed(cluster_helm, name, namespace, *only_force):
         kubeconfig = local_cluster.token_kubeconfig(namespace, name)
         assert _can_i(kubeconfig, "delete", "pods", "--all-namespaces")
         cluster_helm.run(
@@ -250,8 +249,6 @@ def test_pod_delete_is_granted_only_while_an_option_deletes_pods(
             timeout=30,
             interval=0.5,
         )
-    finally:
-        cluster_helm.run("uninstall", name, "--namespace", namespace, "--wait", check=False)
 
 
 # -- a full interruption, run with the chart's environment and ServiceAccount -------------------------------------

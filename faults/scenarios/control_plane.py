@@ -93,23 +93,27 @@ def apiserver_throttled(env: Environment, opts: Options) -> Figures:
 
 
 def _resume_figures(found: Figures, trial: Trial, user: str, fault: float, since: float, what: str) -> None:
-    """Resume, for each node with pods not yet evicted when the fault began: spotq's first eviction of one of them,
-    or its first request for the node's pods, after the API server is back (`since`)."""
+    """Resume, for each node with pods not yet evicted when the fault began, after the API server is back
+    (`since`): spotq's first request for the node's pods, or its first eviction of a pod the fault left under the
+    wave's one PodDisruptionBudget. A node whose pods wait their turn in that budget (others' replacements not yet
+    Ready) has resumed when the budget's queue has: its own first eviction measures the budget, not spotq."""
     accepted = trial.audit.accepted(trial.wave.namespace)
+    left = {
+        item.node: {pod for pod in item.pods if not any(e.at < fault for e in accepted.get(pod, []))}
+        for item in trial.interruptions
+    }
+    queue_resumed = trial.audit.first_eviction(user, after=since, pods=set[str]().union(*left.values()))
     waits: dict[str, float | None] = {}
-    for item in trial.interruptions:
-        remaining = {pod for pod in item.pods if not any(e.at < fault for e in accepted.get(pod, []))}
+    for node, remaining in left.items():
         if not remaining:
             continue
-        stamps = [
-            trial.audit.first_drain_request(user, item.node, after=since),
-            trial.audit.first_eviction(user, after=since, pods=remaining),
-        ]
+        stamps = [trial.audit.first_drain_request(user, node, after=since), queue_resumed]
         seen = [s for s in stamps if s is not None]
-        waits[item.node] = min(seen) - since if seen else None
+        waits[node] = min(seen) - since if seen else None
     if not waits:
         found.details["resume"] = "every pod had been evicted before the fault"
-    measure.resumed(found, waits, f"{what} → spotq's first eviction (or pod request) for each node with pods left")
+    how = "spotq's first pod request for each node with pods left, or first eviction in their budget"
+    measure.resumed(found, waits, f"{what} → {how}")
 
 
 def _after(when: float | None, since: float) -> float | None:

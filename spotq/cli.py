@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "release":
         return _release(settings, args.nodes)
     if args.command == "audit":
-        return _audit(settings, args.namespace or [], args.output)
+        return _audit(settings, args.namespace or [], args.output, check_stack=not args.no_stack)
     parser.print_help()
     return 2
 
@@ -95,11 +95,15 @@ def _release(settings: Settings, nodes: list[str]) -> int:
     return _serve(settings, lambda: releasing.release(settings, nodes))
 
 
-def _audit(settings: Settings, namespaces: list[str], output: str) -> int:
+def _audit(settings: Settings, namespaces: list[str], output: str, *, check_stack: bool) -> int:
     from spotq.audit import command
 
+    if settings.queue.url and check_stack:
+        settings.aws.region = aws_region(settings.aws.region, settings.queue.url, os.environ)
     chosen: command.Output = "json" if output == "json" else "table"
-    return _serve(settings, lambda: command.audit(settings, namespaces=namespaces, output=chosen))
+    return _serve(
+        settings, lambda: command.audit(settings, namespaces=namespaces, output=chosen, check_stack=check_stack)
+    )
 
 
 def _serve(settings: Settings, main: Callable[[], Coroutine[Any, Any, int]]) -> int:
@@ -240,7 +244,9 @@ def _parser() -> argparse.ArgumentParser:
         help="read-only: what the next Spot interruption would break (exit 1 when something is at risk)",
         description="List what an interruption of the Spot nodes in spotq's scope would break: single replicas, "
         "replicas all in one pool or zone, missing or blocking PodDisruptionBudgets, grace periods longer than the "
-        "window, local storage, bare pods, Spot nodes without spotq's IMDS pod, a queue consumer not ready. "
+        "window, local storage, bare pods, Spot nodes without spotq's IMDS pod, a queue consumer not ready, and "
+        "(with SPOTQ_QUEUE__URL set) EventBridge rules missing, disabled or refused by the queue's policy for a kind "
+        "of event spotq acts on. "
         "Exit status: 0 nothing at risk, 1 something at risk, 2 wrong setting or the cluster could not be read.",
     )
     audit_parser.add_argument(
@@ -253,6 +259,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAMESPACE",
         help="audit only this namespace's workloads and pods (repeatable; default: all); nodes and spotq's own "
         "pods are checked cluster-wide",
+    )
+    audit_parser.add_argument(
+        "--no-stack",
+        action="store_true",
+        help="do not read the queue's EventBridge rules and policy (no AWS calls), even with SPOTQ_QUEUE__URL set",
     )
     explain_parser = sub.add_parser(
         "explain",

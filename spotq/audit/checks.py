@@ -417,5 +417,9 @@ _SEVERITY_ORDER = {Severity.HIGH: 0, Severity.WARNING: 1}
 
 def run(cluster: Cluster, limits: Limits, checks: Sequence[Check] = CHECKS) -> list[Finding]:
     """Every check's findings, most severe first, then by check, namespace, kind and name (a stable order)."""
-    findings = [finding for check in checks for finding in check(cluster, limits)]
+    return ordered([finding for check in checks for finding in check(cluster, limits)])
+
+
+def ordered(findings: Sequence[Finding]) -> list[Finding]:
+    """Most severe first, then by check, namespace, kind and name (a stable order)."""
     return sorted(findings, key=lambda f: (_SEVERITY_ORDER[f.severity], f.check, f.namespace, f.kind, f.name, f.detail))

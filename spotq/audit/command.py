@@ -12,7 +12,7 @@ from spotq import selectors
 from spotq.kube.client import KubeClient
 from spotq.settings import Settings
 
-from . import checks, reading, render, views
+from . import checks, reading, render, stack, views
 
 EXIT_CLEAN = 0
 EXIT_AT_RISK = 1
@@ -27,9 +27,11 @@ async def audit(
     namespaces: Sequence[str] = (),
     output: Output = "table",
     out: TextIO | None = None,
+    check_stack: bool = True,
 ) -> int:
     """Audit the Spot nodes in spotq's scope (SPOTQ_KUBE__NODE_SELECTOR) and the pods of `namespaces` (all when
-    empty). A wrong setting raises ConfigError (the CLI's exit 2)."""
+    empty), and, with a queue set (SPOTQ_QUEUE__URL) and `check_stack`, whether EventBridge sends every kind of
+    event spotq acts on to it. A wrong setting raises ConfigError (the CLI's exit 2)."""
     selector = selectors.parse(settings.kube.node_selector)
     client = await KubeClient.connect(settings.kube, max_connections=8)
     try:
@@ -41,6 +43,11 @@ async def audit(
         await client.close()
     cluster = views.cluster_from(snapshot, selector)
     findings = checks.run(cluster, checks.Limits.from_settings(settings))
+    if check_stack and settings.queue.url:
+        from .stack_reading import read_stack  # the AWS SDK loads only for this check
+
+        found = await read_stack(settings.aws, settings.queue.url, stack.routes(settings))
+        findings = checks.ordered([*findings, *stack.check(found)])
     spot_nodes = len(cluster.spot_nodes())
     text = (
         render.as_json(findings, spot_nodes=spot_nodes)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import urllib.request
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from testenv import LocalCluster, tools
+from testenv import LocalCluster, MotoServer, tools
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "spotq"
@@ -237,3 +238,20 @@ def can_i(kubeconfig: Path, verb: str, resource: str, scope: str | None = None) 
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() in ("yes", "no"), result.stdout + result.stderr
     return result.stdout.strip() == "yes"
+
+
+def create_stack(moto: MotoServer, parameters: dict[str, str] | None = None) -> dict[str, str]:
+    """infra/cloudformation/spotq.yaml deployed into moto under a fresh name; its outputs and StackName."""
+    cfn = moto.client("cloudformation")
+    name = f"spotq-{uuid.uuid4().hex[:8]}"
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=CFN_TEMPLATE.read_text(),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in (parameters or {}).items()],
+        Capabilities=["CAPABILITY_IAM"],
+    )
+    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+    outputs["StackName"] = name
+    return outputs

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import ast
 import json
-import uuid
 from collections.abc import Iterator
 
 import pytest
 
 from testenv import MotoServer
 
-from .support import CFN_TEMPLATE, JSON, SPOTQ_AWS_ACTIONS, as_list, explain, sample_event
+from .support import JSON, SPOTQ_AWS_ACTIONS, as_list, create_stack, explain, sample_event
 
 # moto's CloudFormation does not implement AWS::SQS::QueuePolicy (and moto enforces no queue policy): the policy is
 # proven by reading the template in test_cloudformation.py.
@@ -45,26 +44,10 @@ def _document(value: JSON | str) -> JSON:
     return parsed
 
 
-def _create_stack(moto: MotoServer, parameters: dict[str, str] | None = None) -> dict[str, str]:
-    cfn = moto.client("cloudformation")
-    name = f"spotq-{uuid.uuid4().hex[:8]}"
-    cfn.create_stack(
-        StackName=name,
-        TemplateBody=CFN_TEMPLATE.read_text(),
-        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in (parameters or {}).items()],
-        Capabilities=["CAPABILITY_IAM"],
-    )
-    stack = cfn.describe_stacks(StackName=name)["Stacks"][0]
-    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
-    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
-    outputs["StackName"] = name
-    return outputs
-
-
 @pytest.fixture(scope="module")
 def stack(moto_server: MotoServer) -> dict[str, str]:
     """The stack deployed with every parameter at its default."""
-    return _create_stack(moto_server)
+    return create_stack(moto_server)
 
 
 @pytest.fixture
@@ -123,7 +106,7 @@ def test_stack_with_default_parameters_creates_the_queue_and_no_role(
 
 
 def test_stack_with_an_oidc_provider_creates_an_irsa_role_for_the_service_account(moto_server: MotoServer) -> None:
-    outputs = _create_stack(
+    outputs = create_stack(
         moto_server,
         {"OidcProvider": OIDC_PROVIDER, "ServiceAccountNamespace": "kube-system", "ServiceAccountName": "spotq"},
     )
@@ -201,7 +184,7 @@ def test_an_instance_running_again_is_delivered_unless_the_stack_turns_it_off(
     _put(moto_server, running)
     (message,) = _drain(moto_server, queue_url)
     assert explain(message["Body"])["actions"] == ["release_on_return"]
-    quiet = _create_stack(moto_server, {"ReturningInstanceEvents": "false"})
+    quiet = create_stack(moto_server, {"ReturningInstanceEvents": "false"})
     _put(moto_server, running)
     assert _drain(moto_server, quiet["QueueURL"]) == []
     _drain(moto_server, queue_url)  # the default stack's queue got it again
@@ -219,7 +202,7 @@ def _launch_event() -> JSON:
 
 
 def test_launch_lifecycle_events_are_delivered_when_the_stack_asks_for_them(moto_server: MotoServer) -> None:
-    outputs = _create_stack(moto_server, {"LaunchLifecycleEvents": "true"})
+    outputs = create_stack(moto_server, {"LaunchLifecycleEvents": "true"})
     resources = moto_server.client("cloudformation").list_stack_resources(StackName=outputs["StackName"])
     assert [r["ResourceType"] for r in resources["StackResourceSummaries"]].count("AWS::Events::Rule") == 7
     _put(moto_server, _launch_event())
@@ -229,7 +212,7 @@ def test_launch_lifecycle_events_are_delivered_when_the_stack_asks_for_them(moto
 
 def test_lifecycle_rules_can_be_scoped_to_named_groups(moto_server: MotoServer) -> None:
     """The terminate rule matches every group in the account unless LifecycleGroupNames names this cluster's."""
-    outputs = _create_stack(
+    outputs = create_stack(
         moto_server, {"LifecycleGroupNames": "eks-spot-a,eks-spot-b", "LaunchLifecycleEvents": "true"}
     )
     ours, foreign = sample_event("lifecycle-terminate.json"), sample_event("lifecycle-terminate.json")

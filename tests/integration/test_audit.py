@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
-from testenv import LocalCluster
+from testenv import LocalCluster, MotoServer
 from testenv.workloads import deployment_manifest, pdb_manifest
+from tests.deploy.support import create_stack
 from tests.unit.test_cli import Cli
 
 from .helpers import wait_until
@@ -190,7 +191,7 @@ def test_audit_trips_every_check_and_passes_the_healthy_workload(
 
     settings = {"SPOTQ_KUBE__KUBECONFIG": str(local_cluster.kubeconfig_path), "SPOTQ_KUBE__NODE_SELECTOR": f"{RUN}={run}",
                 "SPOTQ_DRAIN__SAFETY_MARGIN_SECONDS": "30", "SPOTQ_QUEUE__URL": "http://127.0.0.1:9/000000000000/q"}  # fmt: skip
-    result = spotq("audit", "-o", "json", "-n", namespace, "-n", healthy_namespace, **settings)
+    result = spotq("audit", "-o", "json", "-n", namespace, "-n", healthy_namespace, "--no-stack", **settings)
     assert result.code == 1, result.err
     document = json.loads(result.out)
     assert document["at_risk"] is True and document["spot_nodes"] == 7
@@ -231,7 +232,7 @@ def test_audit_trips_every_check_and_passes_the_healthy_workload(
     clean = spotq("audit", "-n", healthy_namespace, **healthy_only)
     assert clean.code == 0, clean.out + clean.err
     assert clean.out.strip() == "Nothing at risk on 2 Spot nodes."
-    table = spotq("audit", "-n", namespace, **settings)
+    table = spotq("audit", "-n", namespace, "--no-stack", **settings)
     assert table.code == 1 and table.out.splitlines()[0].split() == ["SEVERITY", "CHECK", "NAMESPACE", "NAME", "DETAIL"]
     assert table.out.strip().splitlines()[-1].startswith(f"{len(found)} findings (")
 
@@ -294,3 +295,63 @@ def test_audit_needs_list_and_nothing_else(
     )
     document = json.loads(allowed.out)
     assert document == {"at_risk": False, "spot_nodes": 1, "findings": []} and allowed.code == 0
+
+
+@pytest.mark.filterwarnings("ignore:Tried to parse AWS..SQS..QueuePolicy:UserWarning")
+def test_audit_reads_the_stack_the_template_deploys_and_names_each_way_an_event_would_not_arrive(
+    local_cluster: LocalCluster, moto: MotoServer, spotq: Cli
+) -> None:
+    """infra/cloudformation/spotq.yaml deployed into moto, read over the wire: with the template's queue policy
+    nothing is missing; a disabled rule, a deleted one and a policy that names too few rules are each reported."""
+    queue_url = create_stack(moto)["QueueURL"]
+    sqs, events = moto.client("sqs"), moto.client("events")
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    names = events.list_rule_names_by_target(TargetArn=queue_arn)["RuleNames"]
+    arns = {name: events.describe_rule(Name=name)["Arn"] for name in names}
+    spot_rule = next(n for n in names if "SpotInterruption" in n)
+
+    def allow(rule_arns: list[str]) -> None:  # the template's QueuePolicy (moto's CloudFormation lacks the type)
+        statement = {"Effect": "Allow", "Principal": {"Service": "events.amazonaws.com"}, "Action": "sqs:SendMessage",
+                     "Resource": queue_arn, "Condition": {"ArnEquals": {"aws:SourceArn": rule_arns}}}  # fmt: skip
+        policy = json.dumps({"Version": "2012-10-17", "Statement": [statement]})
+        sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": policy})
+
+    settings = {"SPOTQ_KUBE__KUBECONFIG": str(local_cluster.kubeconfig_path), "SPOTQ_QUEUE__URL": queue_url,
+                "SPOTQ_KUBE__NODE_SELECTOR": f"{RUN}=no-node-{uuid.uuid4().hex[:6]}",
+                "SPOTQ_AWS__ENDPOINT_URL": moto.endpoint_url, **moto.env()}  # fmt: skip
+
+    def stack_findings(*args: str) -> set[tuple[str, str, str]]:
+        result = spotq("audit", "-o", "json", *args, **settings)
+        assert result.code in (0, 1), result.err
+        return {(f["check"], f["severity"], f["name"]) for f in findings(result.out) if f["check"].startswith("stack-")}
+
+    # moto's stack has no queue policy: EventBridge could send nothing
+    refused = stack_findings()
+    assert {check for check, _, _ in refused} == {"stack-rule-refused"} and len(refused) == 10  # every route
+
+    allow(list(arns.values()))
+    assert stack_findings() == set()
+
+    events.disable_rule(Name=spot_rule)
+    assert stack_findings() == {("stack-rule-missing", "high", "Spot interruption warning")}
+    events.enable_rule(Name=spot_rule)
+
+    allow([arn for name, arn in arns.items() if name != spot_rule])
+    assert stack_findings() == {("stack-rule-refused", "high", "Spot interruption warning")}
+
+    rebalance_rule = next(n for n in names if "Rebalance" in n)
+    events.remove_targets(Rule=rebalance_rule, Ids=["spotq-queue"])
+    assert ("stack-rule-missing", "warning", "rebalance recommendation") in stack_findings()
+    assert stack_findings("--no-stack") == set()
+
+
+def test_audit_says_when_it_could_not_read_the_stack(local_cluster: LocalCluster, moto: MotoServer, spotq: Cli) -> None:
+    settings = {"SPOTQ_KUBE__KUBECONFIG": str(local_cluster.kubeconfig_path),
+                "SPOTQ_QUEUE__URL": f"{moto.endpoint_url}/123456789012/no-such-queue",
+                "SPOTQ_KUBE__NODE_SELECTOR": f"{RUN}=no-node-{uuid.uuid4().hex[:6]}",
+                "SPOTQ_AWS__ENDPOINT_URL": moto.endpoint_url, **moto.env()}  # fmt: skip
+    result = spotq("audit", "-o", "json", **settings)
+    assert result.code == 1, result.err
+    (unread,) = [f for f in findings(result.out) if f["check"].startswith("stack-")]
+    assert unread["check"] == "stack-not-checked" and unread["severity"] == "warning"
+    assert "NonExistentQueue" in unread["detail"] or "does not exist" in unread["detail"], unread["detail"]

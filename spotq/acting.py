@@ -180,6 +180,10 @@ class Actor:
         """This process drains the node now, or waits for another replica's drain of it."""
         return name in self._drains
 
+    def draining(self) -> bool:
+        """Any drain runs in this process (or waits for another replica's)."""
+        return bool(self._drains)
+
     def abandoned(self, name: str) -> bool:
         """A drain of the node claimed by this replica stopped without recording its end."""
         return name in self._abandoned

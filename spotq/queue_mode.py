@@ -13,6 +13,8 @@ from typing import Any
 
 from spotq import app
 from spotq.acknowledging import Acknowledger
+from spotq.audit import periodic
+from spotq.audit.stack_reading import read_stack
 from spotq.aws import session
 from spotq.aws.autoscaling import Lifecycle
 from spotq.aws.ec2 import InstanceLookup
@@ -37,6 +39,7 @@ class QueueSource:
         self._queue: Queue | None = None
         self._lookup: InstanceLookup | None = None
         self._dispatcher: Dispatcher | None = None
+        self._core: app.Core | None = None
 
     async def open(self, stack: AsyncExitStack) -> LifecycleApi:
         aws = self._settings.aws
@@ -48,6 +51,7 @@ class QueueSource:
 
     def wire(self, core: app.Core) -> None:
         assert self._queue is not None and self._lookup is not None
+        self._core = core
         queue_settings = self._settings.queue
         handler = core.handler(Resolver(core.index, self._lookup, self._settings.kube.instance_tag))
         self._dispatcher = Dispatcher(
@@ -66,8 +70,14 @@ class QueueSource:
         return {"queue": self._url}
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
-        assert self._lookup is not None
-        return [self._lookup.run()]
+        assert self._lookup is not None and self._core is not None
+        work = [self._lookup.run()]
+        if self._settings.audit.interval_seconds > 0:
+            actor = self._core.actor
+            work.append(
+                periodic.run_periodically(self._core.kube, self._settings, busy=actor.draining, read_stack=read_stack)
+            )
+        return work
 
     async def run(self, stop: asyncio.Event) -> None:
         assert self._dispatcher is not None

@@ -333,6 +333,29 @@ class WebhookSettings(_Group):
     )
 
 
+class AuditSettings(_Group):
+    """The periodic audit (queue mode): `spotq audit`'s checks as metrics, for alerts before the next wave."""
+
+    interval_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="Queue mode: run `spotq audit`'s checks this often and export them as spotq_audit_* metrics, s "
+        "(first run one interval after start; a run waits while any drain runs); 0: off. Needs list on apps "
+        "deployments, statefulsets, replicasets and daemonsets (the chart grants it with audit.intervalSeconds).",
+    )
+    namespaces: str = Field(
+        "", description="Namespaces whose workloads the periodic audit checks, comma-separated; empty: all."
+    )
+    stack: bool = Field(
+        True,
+        description="The periodic audit also checks the stack: EventBridge rules and the queue's policy (needs "
+        "sqs:GetQueueAttributes, events:ListRuleNamesByTarget, events:DescribeRule).",
+    )
+
+    def namespace_list(self) -> list[str]:
+        return [name.strip() for name in self.namespaces.split(",") if name.strip()]
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="SPOTQ_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -347,6 +370,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     imds: ImdsSettings = ImdsSettings()
     webhook: WebhookSettings = WebhookSettings()
+    audit: AuditSettings = AuditSettings()
 
 
 def describe() -> list[tuple[str, str, str]]:

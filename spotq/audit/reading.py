@@ -13,6 +13,7 @@ from typing import Any
 from spotq.errors import ApiError, SpotqError
 from spotq.kube.transport import JSON, Transport
 from spotq.kube.watching import PAGE_SIZE
+from spotq.ratelimit import Priority
 
 from .views import IMDS_COMPONENT, PART_OF, QUEUE_COMPONENT, Snapshot
 
@@ -25,14 +26,21 @@ class ReadError(SpotqError):
     """The cluster could not be read: the audit has no verdict."""
 
 
-async def list_all(client: Transport, path: str, resource: str, query: dict[str, str] | None = None) -> list[JSON]:
+async def list_all(
+    client: Transport,
+    path: str,
+    resource: str,
+    query: dict[str, str] | None = None,
+    priority: Priority = Priority.WORK,
+) -> list[JSON]:
     """Every item under `path`, following continue tokens; `resource` (e.g. 'deployments.apps') names it in an
     error and in the RBAC hint."""
     items: list[JSON] = []
     page_query = {"limit": str(PAGE_SIZE), **(query or {})}
     while True:
         try:
-            page = await client.request("GET", path, query=page_query, operation=f"audit_list_{resource.split('.')[0]}")
+            operation = f"audit_list_{resource.split('.')[0]}"
+            page = await client.request("GET", path, query=page_query, operation=operation, priority=priority)
         except ApiError as exc:
             hint = f" (the audit needs list on {resource})" if exc.status in (401, 403) else ""
             raise ReadError(f"cannot list {resource}: {exc.status} {exc.reason}{hint}") from None
@@ -45,26 +53,30 @@ async def list_all(client: Transport, path: str, resource: str, query: dict[str,
         page_query = {**page_query, "continue": token}
 
 
-async def read(client: Transport, namespaces: Sequence[str] = ()) -> Snapshot:
-    """One snapshot; `namespaces` empty: every namespace."""
+async def read(client: Transport, namespaces: Sequence[str] = (), priority: Priority = Priority.WORK) -> Snapshot:
+    """One snapshot; `namespaces` empty: every namespace. `priority`: where its requests wait in a shared client
+    (the daemon's periodic audit waits behind taints, drains and Events)."""
+
+    def listed(path: str, resource: str, query: dict[str, str] | None = None) -> Coroutine[Any, Any, list[JSON]]:
+        return list_all(client, path, resource, query, priority)
 
     async def scoped(api: str, plural: str, resource: str, query: dict[str, str] | None = None) -> list[JSON]:
         if not namespaces:
-            return await list_all(client, f"{api}/{plural}", resource, query)
-        lists = await _all(*(list_all(client, f"{api}/namespaces/{ns}/{plural}", resource, query) for ns in namespaces))
+            return await listed(f"{api}/{plural}", resource, query)
+        lists = await _all(*(listed(f"{api}/namespaces/{ns}/{plural}", resource, query) for ns in namespaces))
         return [item for items in lists for item in items]
 
     unfinished = {"fieldSelector": _UNFINISHED}
     lists = await _all(
-        list_all(client, "/api/v1/nodes", "nodes"),
+        listed("/api/v1/nodes", "nodes"),
         scoped("/api/v1", "pods", "pods", unfinished),
         scoped("/apis/apps/v1", "deployments", "deployments.apps"),
         scoped("/apis/apps/v1", "statefulsets", "statefulsets.apps"),
         scoped("/apis/apps/v1", "replicasets", "replicasets.apps"),
         scoped("/apis/policy/v1", "poddisruptionbudgets", "poddisruptionbudgets.policy"),
-        list_all(client, "/apis/apps/v1/daemonsets", "daemonsets.apps", {"labelSelector": _IMDS}),
-        list_all(client, "/api/v1/pods", "pods", {"labelSelector": _IMDS, **unfinished}),
-        list_all(client, "/apis/apps/v1/deployments", "deployments.apps", {"labelSelector": _QUEUE}),
+        listed("/apis/apps/v1/daemonsets", "daemonsets.apps", {"labelSelector": _IMDS}),
+        listed("/api/v1/pods", "pods", {"labelSelector": _IMDS, **unfinished}),
+        listed("/apis/apps/v1/deployments", "deployments.apps", {"labelSelector": _QUEUE}),
     )
     nodes, pods, deployments, statefulsets, replicasets, budgets, imds_daemonsets, imds_pods, queue_deployments = lists
     return Snapshot(

@@ -115,3 +115,22 @@ NOTIFICATIONS = Counter(
     ["result"],
     registry=REGISTRY,
 )
+
+# The periodic audit (SPOTQ_AUDIT__INTERVAL_SECONDS): findings per check, never per workload.
+AUDIT_FINDINGS = Gauge(
+    "spotq_audit_findings",
+    "Findings of the last periodic audit, by check and severity (see `spotq audit`).",
+    ["check", "severity"],
+    registry=REGISTRY,
+)
+AUDIT_AT_RISK = Gauge(
+    "spotq_audit_at_risk", "1 when the last periodic audit found anything at risk.", registry=REGISTRY
+)
+AUDIT_SPOT_NODES = Gauge("spotq_audit_spot_nodes", "Spot nodes in scope at the last periodic audit.", registry=REGISTRY)
+AUDIT_RUNS = Counter(
+    "spotq_audit_runs", "Periodic audits, by result (ok, failed: the cluster could not be read).", ["result"],
+    registry=REGISTRY,
+)  # fmt: skip
+AUDIT_LAST_SUCCESS = Gauge(
+    "spotq_audit_last_success_timestamp_seconds", "When the last periodic audit finished.", registry=REGISTRY
+)

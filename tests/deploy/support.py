@@ -198,6 +198,8 @@ SPOTQ_AWS_ACTIONS = frozenset(
         "ec2:DescribeInstances",
         "autoscaling:CompleteLifecycleAction",
         "autoscaling:RecordLifecycleActionHeartbeat",
+        "events:ListRuleNamesByTarget",  # the periodic audit's stack check
+        "events:DescribeRule",
     }
 )
 

@@ -150,6 +150,7 @@ def test_irsa_role_is_optional_and_grants_exactly_what_spotq_calls(template: JSO
             assert by_action[action] == {"Fn::GetAtt": ["Queue", "Arn"]}
     assert by_action["ec2:DescribeInstances"] == "*"  # it has no resource-level permissions
     assert "autoScalingGroup" in by_action["autoscaling:CompleteLifecycleAction"]["Fn::Sub"]
+    assert ":rule/*" in by_action["events:DescribeRule"]["Fn::Sub"]
     outputs = template["Outputs"]
     assert outputs["RoleARN"]["Condition"] == "CreateRole"
     assert {"QueueURL", "QueueARN", "RoleARN"} <= set(outputs)

@@ -303,6 +303,16 @@ def test_volume_attachments_are_readable_only_when_hooks_wait_for_them(helm: Hel
     assert env_values(one(objects, "Deployment"))["SPOTQ_DRAIN__WAIT_FOR_VOLUME_DETACH"] == "true"
 
 
+def test_the_periodic_audit_gets_the_apps_lists_only_when_it_runs(helm: Helm) -> None:
+    apps = {f"apps/{r}" for r in ("deployments", "statefulsets", "replicasets", "daemonsets")}
+    assert not apps & set(_rules(helm.template(*QUEUE)))
+    objects = helm.template(*QUEUE, "--set", "audit.intervalSeconds=900", "--set", "audit.namespaces=shop")
+    assert {key: verbs for key, verbs in _rules(objects).items() if key in apps} == {key: ["list"] for key in apps}
+    env = env_values(one(objects, "Deployment"))
+    assert env["SPOTQ_AUDIT__INTERVAL_SECONDS"] == "900" and env["SPOTQ_AUDIT__NAMESPACES"] == "shop"
+    assert not apps & set(_rules(helm.template(*IMDS, "--set", "audit.intervalSeconds=900")))  # queue mode only
+
+
 def test_rbac_can_be_left_to_the_operator(helm: Helm) -> None:
     kinds = {o["kind"] for o in helm.template(*QUEUE, "--set", "rbac.create=false")}
     assert not kinds & {"ClusterRole", "ClusterRoleBinding"}

@@ -21,6 +21,7 @@ import yaml
 from testenv import KubeApiError, LocalCluster, MotoServer, tools
 from testenv.kube import JSON
 from testenv.procs import ManagedProcess, wait_until
+from tests.unit.test_cli import Cli, Exit
 
 from .support import (
     CFN_TEMPLATE,
@@ -249,6 +250,30 @@ def test_pod_delete_is_granted_only_while_an_option_deletes_pods(
             timeout=30,
             interval=0.5,
         )
+
+
+def test_the_service_account_can_run_the_audit_while_the_periodic_audit_is_on(
+    local_cluster: LocalCluster, cluster_helm: Helm, namespace: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    name = "spotq-audit"
+    spotq = Cli(monkeypatch, capsys)
+    with installed(cluster_helm, name, namespace, "--set", "audit.intervalSeconds=600"):
+        settings = {"SPOTQ_KUBE__KUBECONFIG": str(local_cluster.token_kubeconfig(namespace, name)),
+                    "SPOTQ_KUBE__NODE_SELECTOR": "audit.spotq.test/none=1"}  # fmt: skip
+        results: list[Exit] = []
+
+        def audit() -> Exit:
+            results.append(spotq("audit", "-o", "json", "--no-stack", **settings))
+            return results[-1]
+
+        wait_until("the audit's reads allowed", lambda: audit().code != 2, timeout=30, interval=0.5)
+        assert json.loads(results[-1].out)["spot_nodes"] == 0, results[-1].err
+        cluster_helm.run(
+            "upgrade", name, "helm/spotq", "--namespace", namespace, "--reuse-values", "--set", "audit.intervalSeconds=0"
+        )  # fmt: skip
+        wait_until("the apps lists revoked", lambda: audit().code == 2, timeout=30, interval=0.5)
+        assert ".apps: 403 Forbidden (the audit needs list on " in results[-1].err
 
 
 # -- a full interruption, run with the chart's environment and ServiceAccount -------------------------------------

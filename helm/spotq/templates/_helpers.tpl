@@ -51,9 +51,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 
-{{/* The settings groups of spotq/settings.py, plus imds. A new setting in a known group needs no chart change. */}}
+{{/* The settings groups of spotq/settings.py. A new setting in a known group needs no chart change. */}}
 {{- define "spotq.settingsGroups" -}}
-queue aws kube policy drain server log imds webhook
+queue aws kube policy drain server log imds webhook audit
 {{- end }}
 
 {{/* Settings the chart itself provides: the pod's own identity from the downward API, in-cluster config. */}}
@@ -262,4 +262,9 @@ spec:
   topologySpreadConstraints:
     {{- . | nindent 4 }}
   {{- end }}
+{{- end }}
+
+{{/* The periodic audit runs (queue mode, audit.intervalSeconds > 0): it lists the workloads that own pods. */}}
+{{- define "spotq.audits" -}}
+{{- if and (eq .Values.mode "queue") (gt (float64 ((.Values.audit).intervalSeconds | default 0)) 0.0) }}true{{ end }}
 {{- end }}

@@ -126,6 +126,9 @@ class Audit:
     def first_request(self, user: str, after: float = 0.0) -> float | None:
         return next((r.received for r in self.requests if r.user == user and r.received >= after), None)
 
+    def last_request(self, user: str, before: float) -> float | None:
+        return max((r.received for r in self.requests if r.user == user and r.received < before), default=None)
+
     def first_eviction(self, user: str, after: float = 0.0, pods: set[str] | None = None) -> float | None:
         return next(
             (

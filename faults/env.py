@@ -35,6 +35,7 @@ import yaml
 from bench.sqs_endpoint import ElasticMQ
 from faults.sqs_proxy import SqsProxy
 from testenv import LocalCluster, MotoServer
+from testenv.kube import JSON
 from testenv.spotq import SpotqProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -241,6 +242,8 @@ class Environment:
     queue: Queue | None = None
     processes: list[Spotq] = field(default_factory=list)
     _accounts: int = 0
+    _secrets: int = 0
+    _bound: dict[str, str] = field(default_factory=dict)  # account → the Secret its current token is bound to
 
     @classmethod
     def create(
@@ -307,14 +310,15 @@ class Environment:
             {"metadata": {"name": "spotq"}, "roleRef": {**ref, "kind": "Role"}, "subjects": subjects},
         )
 
-    def spotq(self, pod: str, *, settings: dict[str, str] | None = None, wait_ready: bool = True) -> Spotq:
-        """Start `spotq run` as pod `pod` with a ServiceAccount of its own; returns once /readyz says 200."""
+    def spotq(
+        self, pod: str, *, settings: dict[str, str] | None = None, wait_ready: bool = True, revocable: bool = False
+    ) -> Spotq:
+        """Start `spotq run` as pod `pod` with a ServiceAccount of its own; returns once /readyz says 200.
+        `revocable`: its token is bound to a Secret, so that revoke_token() can take it away mid-wave."""
         self._accounts += 1
         account = f"{pod}-p{self._accounts}"
         self.kube.create_service_account(SPOTQ_NS, account)
-        kubeconfig = self.kube.token_kubeconfig(
-            SPOTQ_NS, account, expiration_seconds=12 * 3600, path=self.workdir / f"{account}.kubeconfig"
-        )
+        kubeconfig = self._kubeconfig(account, self._token_secret(account) if revocable else None)
         env = {
             **self.sqs.env(),
             "SPOTQ_KUBE__KUBECONFIG": str(kubeconfig),
@@ -333,6 +337,29 @@ class Environment:
             process.start()
             proc.ready = time.time()
         return proc
+
+    def _kubeconfig(self, account: str, bound_to: JSON | None) -> Path:
+        return self.kube.token_kubeconfig(
+            SPOTQ_NS, account, expiration_seconds=12 * 3600, path=self.workdir / f"{account}.kubeconfig",
+            bound_to=bound_to,
+        )  # fmt: skip
+
+    def _token_secret(self, account: str) -> JSON:
+        """A new Secret for the account's next token to be bound to (its deletion revokes that token)."""
+        self._secrets += 1
+        self._bound[account] = f"{account}-token-{self._secrets}"
+        body = {"metadata": {"name": self._bound[account]}, "type": "Opaque"}
+        return self.kube.client.create(f"/api/v1/namespaces/{SPOTQ_NS}/secrets", body)
+
+    def revoke_token(self, proc: Spotq) -> float:
+        """Delete the Secret proc's token is bound to: the API server refuses that token (401) from now on."""
+        self.kube.client.delete(f"/api/v1/namespaces/{SPOTQ_NS}/secrets/{self._bound[proc.label]}")
+        return time.time()
+
+    def renew_token(self, proc: Spotq) -> float:
+        """A new token for proc's ServiceAccount in its kubeconfig (as a rotation would put it there)."""
+        self._kubeconfig(proc.label, self._token_secret(proc.label))
+        return time.time()
 
     def close(self) -> None:
         for proc in self.processes:

@@ -32,6 +32,7 @@ class Options:
     throttle: float = 30.0  # how long the API server runs with a few request seats (429 storms)
     throttle_seats: tuple[int, int] = (4, 2)  # its --max-requests-inflight, --max-mutating-requests-inflight then
     sqs_outage: float = 45.0
+    token_outage: float = 10.0  # spotq's token revoked → a new one in its kubeconfig, s
     flood: int = 2000
     flood_real: int = 10
     soak_minutes: float = 3.0

@@ -65,11 +65,13 @@ def write_kubeconfig(
     user_name: str = "admin",
     namespace: str | None = None,
 ) -> Path:
-    """Write a kubeconfig with the CA embedded; ``user`` holds kubeconfig user fields (token, client-*-data)."""
+    """Write a kubeconfig with the CA embedded; ``user`` holds kubeconfig user fields (token, client-*-data).
+    Written whole or not at all (a new file renamed over the old): a process may read it again at any time."""
     ca_data = base64.b64encode(ca_path.read_bytes()).decode()
     context_ns = f"\n    namespace: {_yaml_str(namespace)}" if namespace else ""
     user_lines = "".join(f"\n    {key}: {_yaml_str(value)}" for key, value in user.items())
-    path.write_text(
+    partial = path.with_name(f".{path.name}.new")
+    partial.write_text(
         f"""apiVersion: v1
 kind: Config
 clusters:
@@ -89,7 +91,8 @@ current-context: {user_name}@{cluster_name}
 preferences: {{}}
 """
     )
-    path.chmod(0o600)
+    partial.chmod(0o600)
+    partial.replace(path)
     return path
 
 
@@ -566,9 +569,13 @@ options:
         *,
         expiration_seconds: int = 3600,
         path: Path | None = None,
+        bound_to: JSON | None = None,
     ) -> Path:
-        """Mint a token for the ServiceAccount (TokenRequest API) and write a kubeconfig that uses it."""
-        token = workloads.mint_token(self.client, namespace, service_account, expiration_seconds=expiration_seconds)
+        """Mint a token for the ServiceAccount (TokenRequest API) and write a kubeconfig that uses it; `bound_to`:
+        a Secret (as the API returned it) whose deletion revokes the token."""
+        token = workloads.mint_token(
+            self.client, namespace, service_account, expiration_seconds=expiration_seconds, bound_to=bound_to
+        )
         if path is None:
             kubeconfigs = self.workdir / "kubeconfigs"
             kubeconfigs.mkdir(exist_ok=True)

@@ -425,11 +425,17 @@ def mint_token(
     *,
     expiration_seconds: int = 3600,
     audiences: Sequence[str] = (),
+    bound_to: JSON | None = None,
 ) -> str:
-    """A bound service-account token from the TokenRequest API."""
+    """A bound service-account token from the TokenRequest API; `bound_to` (a Secret or Pod object as the API
+    returned it): the token is valid only while that object exists."""
     spec: JSON = {"expirationSeconds": expiration_seconds}
     if audiences:
         spec["audiences"] = list(audiences)
+    if bound_to is not None:
+        meta = bound_to["metadata"]
+        spec["boundObjectRef"] = {"apiVersion": "v1", "kind": bound_to.get("kind", "Secret"), "name": meta["name"],
+                                  "uid": meta["uid"]}  # fmt: skip
     body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
     try:
         result = client.create(f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token", body)

@@ -36,6 +36,8 @@ SCENARIOS: dict[str, Scenario] = {
                  control_plane.apiserver_restart),
         Scenario("apiserver-throttled", "control plane", "kube-apiserver with a few request seats mid-wave",
                  control_plane.apiserver_throttled),
+        Scenario("token-revoked", "control plane", "spotq's token revoked mid-wave, then a new one",
+                 control_plane.token_revoked),
         Scenario("sqs-hung", "queue", "SQS endpoint hung (SIGSTOP) while drains finish", queue.sqs_hung),
         Scenario("sqs-refused", "queue", "SQS endpoint refusing connections, then back on its port",
                  queue.sqs_refused),

@@ -1,6 +1,7 @@
 """Faults of the Kubernetes API server mid-wave: hung (SIGSTOP for `apiserver_pause` s, then SIGCONT), killed
 (kill -9) then restarted with the same command line `restart_delay` s later, and throttling: restarted with a few
-request seats for `throttle` s (API Priority and Fairness turns what does not fit away with 429), then with its own.
+request seats for `throttle` s (API Priority and Fairness turns what does not fit away with 429), then with its own;
+and spotq's own token revoked for `token_outage` s (every request refused with 401), then a new one in its kubeconfig.
 
 The whole control plane stalls with it (scheduler, controllers and kwok talk to it too); what is measured is how
 soon spotq works again once the API server answers: its first eviction after the fault, and that every drain
@@ -87,6 +88,34 @@ def apiserver_throttled(env: Environment, opts: Options) -> Figures:
                 1 for r in during if r.resource == "pods/eviction" and 200 <= r.code < 300
             ),
             "ready_again_after_seconds": _after(trial.sampler.ready_again(proc.label, ready), ready),
+        }
+    )
+    return found
+
+
+def token_revoked(env: Environment, opts: Options) -> Figures:
+    """spotq's token is revoked mid-wave (the Secret it is bound to deleted: every request of it refused with 401,
+    as an expired token is) and a new one lands in its kubeconfig `token_outage` s later (as a rotation puts it)."""
+    title = f"spotq's token revoked mid-wave, a new one in its kubeconfig {opts.token_outage:g} s later"
+    trial = Trial(env, opts, "token-revoked", title)
+    proc = env.spotq("spotq-0", revocable=True)
+    trial.interrupt()
+    trial.mid_wave(0.3)
+    revoked = env.revoke_token(proc)
+    time.sleep(opts.token_outage)
+    renewed = env.renew_token(proc)
+    trial.settle()
+    found = trial.finish(serving=[proc])
+    _resume_figures(found, trial, proc.user, revoked, renewed, "new token in the kubeconfig")
+    # (The refused requests themselves are not in the audit log: a request that fails authentication has no user,
+    # and the environment's audit policy logs only spotq's ServiceAccounts.)
+    found.details.update(
+        {
+            "revoked_at_seconds": round(revoked - trial.wave.event_time, 1),
+            "outage_seconds": round(renewed - revoked, 1),
+            "last_request_before_renewal_seconds": _after(trial.audit.last_request(proc.user, before=renewed), revoked),
+            "not_ready_samples_while_revoked": trial.sampler.not_ready(proc.label, revoked, renewed),
+            "ready_again_after_seconds": _after(trial.sampler.ready_again(proc.label, renewed), renewed),
         }
     )
     return found

@@ -16,6 +16,7 @@ from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
 from spotq.errors import ApiError, ConfigError
+from spotq.kube import credentials
 from spotq.kube.transport import JSON, HttpTransport, Transport, shrink_tls_read_buffers
 from spotq.observability import metrics
 from spotq.ratelimit import Priority, TokenBucket
@@ -37,9 +38,11 @@ class KubeClient:
         settings: KubeSettings,
         *,
         close: Callable[[], Awaitable[None]] | None = None,
+        tokens: credentials.Credentials | None = None,
     ) -> None:
         self._transport = transport
         self._close = close
+        self._tokens = tokens
         self._bucket = TokenBucket(settings.qps, settings.burst)
         # Lower key first: a taint waiting for a connection goes before evictions and Events waiting too.
         self._in_flight = DeadlineSlots(settings.max_in_flight)
@@ -50,12 +53,14 @@ class KubeClient:
         try:
             if settings.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
                 k8s_config.load_incluster_config(client_configuration=configuration)
+                tokens = credentials.in_cluster(configuration)
             else:
                 await k8s_config.load_kube_config(
                     config_file=settings.kubeconfig,
                     context=settings.context,
                     client_configuration=configuration,
                 )
+                tokens = credentials.from_kubeconfig(configuration, settings.kubeconfig, settings.context)
         except Exception as exc:
             raise ConfigError(f"invalid setting SPOTQ_KUBE__KUBECONFIG: cannot load Kubernetes config: {exc}") from None
         # Watches hold a connection each; leave room for them beside ordinary requests.
@@ -68,7 +73,7 @@ class KubeClient:
             await http.close()
             await api.close()
 
-        return cls(http, settings, close=close)
+        return cls(http, settings, close=close, tokens=tokens)
 
     async def close(self) -> None:
         if self._close is not None:
@@ -89,7 +94,28 @@ class KubeClient:
 
         A 429 from API Priority and Fairness (the server is busy, not a PDB refusal) is retried after the
         Retry-After it names, a few times: under a mass interruption that is the server pacing us, not a failure.
+        A 401 (the token expired or was revoked) reads the credentials again (kube/credentials.py) and, when they
+        changed, sends the request once more: an unauthenticated request did nothing.
         """
+        call = (method, path, query, body, content_type, operation, priority)
+        sent_with = self._tokens.current() if self._tokens is not None else None
+        try:
+            return await self._paced(*call)
+        except ApiError as exc:
+            if exc.status != 401 or self._tokens is None or not await self._tokens.after_refusal(sent_with):
+                raise
+        return await self._paced(*call)
+
+    async def _paced(
+        self,
+        method: str,
+        path: str,
+        query: dict[str, str] | None,
+        body: JSON | None,
+        content_type: str,
+        operation: str,
+        priority: Priority,
+    ) -> JSON:
         for attempt in range(_THROTTLE_RETRIES + 1):
             try:
                 async with self._in_flight.hold(float(priority)):
@@ -113,12 +139,18 @@ class KubeClient:
         raise AssertionError("unreachable")
 
     async def watch(self, path: str, query: dict[str, str], *, operation: str) -> AsyncGenerator[JSON, None]:
-        """Yield watch events ({type, object}) until the server ends the watch (see transport.Transport.watch)."""
+        """Yield watch events ({type, object}) until the server ends the watch (see transport.Transport.watch).
+        A 401 reads the credentials again for the watch's next attempt, and is raised as it is."""
         await self._bucket.acquire()
         metrics.KUBE_REQUESTS.labels(operation=operation).inc()
+        sent_with = self._tokens.current() if self._tokens is not None else None
         stream = self._transport.watch(path, query, operation=operation)
         try:
             async for event in stream:
                 yield event
+        except ApiError as exc:
+            if exc.status == 401 and self._tokens is not None:
+                await self._tokens.after_refusal(sent_with)
+            raise
         finally:
             await stream.aclose()

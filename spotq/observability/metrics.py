@@ -116,6 +116,14 @@ NOTIFICATIONS = Counter(
     registry=REGISTRY,
 )
 
+KUBE_CREDENTIAL_RELOADS = Counter(
+    "spotq_kube_credential_reloads",
+    "Kubernetes credentials read again after the API server refused the token (401), by result (changed: the "
+    "refused request was sent again with the new token; unchanged; failed).",
+    ["result"],
+    registry=REGISTRY,
+)
+
 # The periodic audit (SPOTQ_AUDIT__INTERVAL_SECONDS): findings per check, never per workload.
 AUDIT_FINDINGS = Gauge(
     "spotq_audit_findings",

@@ -28,3 +28,12 @@ def test_a_restarted_api_server_mid_wave_loses_nothing_and_spotq_resumes(env: En
     print(shown(found))
     assert outcomes_missed(found) == [] and recovered_in_time(found.resume_seconds)
     assert found.drained_before_deadline == found.interruptions
+
+
+def test_a_revoked_token_loses_nothing_and_spotq_resumes_with_the_new_one(env: Environment) -> None:
+    found = control_plane.token_revoked(env, small(token_outage=8.0))
+    print(shown(found))
+    assert outcomes_missed(found) == [] and recovered_in_time(found.resume_seconds)
+    assert found.drained_before_deadline == found.interruptions
+    # nothing of spotq's was authenticated between the revocation and the new token
+    assert found.details["last_request_before_renewal_seconds"] < 2.0

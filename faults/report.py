@@ -41,6 +41,17 @@ NOTE_KEYS = (
     "claims_at_kill",
     "nodes_replaced",
     "rss",
+    "spotq_requests_while_throttled",
+    "spotq_429s_while_throttled",
+    "evictions_while_throttled",
+    "outage_seconds",
+    "budget_room_after_seconds",
+    "not_ready_samples_while_revoked",
+    "last_request_before_renewal_seconds",
+    "flood_answers",
+    "spotq_requests_during_flood",
+    "spotq_429s_during_flood",
+    "spotq_request_seconds",
 )
 
 

@@ -42,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--apiserver-pause", type=float, default=20.0, help="SIGSTOP → SIGCONT, s")
     parser.add_argument("--throttle", type=float, default=30.0, help="the API server with a few seats, s")
     parser.add_argument("--sqs-outage", type=float, default=45.0, help="SQS hung / refusing, s")
+    parser.add_argument("--flood-clients", type=int, default=30, help="noisy neighbours' ServiceAccounts")
     parser.add_argument("--token-outage", type=float, default=10.0, help="spotq's token revoked → a new one, s")
     parser.add_argument("--flood", type=int, default=2000, help="bad bodies in the poison flood")
     parser.add_argument("--flood-real", type=int, default=10, help="real warnings among them")
@@ -67,6 +68,7 @@ def options(args: argparse.Namespace) -> Options:
         throttle=args.throttle,
         sqs_outage=args.sqs_outage,
         token_outage=args.token_outage,
+        flood_clients=args.flood_clients,
         flood=args.flood,
         flood_real=args.flood_real,
         soak_minutes=args.soak_minutes,

@@ -32,6 +32,8 @@ class Options:
     throttle: float = 30.0  # how long the API server runs with a few request seats (429 storms)
     throttle_seats: tuple[int, int] = (4, 2)  # its --max-requests-inflight, --max-mutating-requests-inflight then
     sqs_outage: float = 45.0
+    flood_clients: int = 30  # noisy neighbours: ServiceAccounts listing every pod in a loop, one thread each
+    flood_seats: tuple[int, int] = (20, 10)  # the API server's seats while they flood
     token_outage: float = 10.0  # spotq's token revoked → a new one in its kubeconfig, s
     flood: int = 2000
     flood_real: int = 10

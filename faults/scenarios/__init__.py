@@ -11,7 +11,7 @@ from functools import partial
 
 from faults.env import Environment
 from faults.measure import Figures
-from faults.scenarios import control_plane, process, queue, soak
+from faults.scenarios import control_plane, neighbours, process, queue, soak
 from faults.trial import Options
 
 Run = Callable[[Environment, Options], Figures]
@@ -38,6 +38,11 @@ SCENARIOS: dict[str, Scenario] = {
                  control_plane.apiserver_throttled),
         Scenario("token-revoked", "control plane", "spotq's token revoked mid-wave, then a new one",
                  control_plane.token_revoked),
+        Scenario("neighbour-flood", "control plane", "other clients flood the API server; spotq in its FlowSchema",
+                 partial(neighbours.neighbours, with_flow_schema=True)),
+        Scenario("neighbour-flood-no-flowschema", "control plane",
+                 "other clients flood the API server; spotq without its FlowSchema",
+                 partial(neighbours.neighbours, with_flow_schema=False)),
         Scenario("sqs-hung", "queue", "SQS endpoint hung (SIGSTOP) while drains finish", queue.sqs_hung),
         Scenario("sqs-refused", "queue", "SQS endpoint refusing connections, then back on its port",
                  queue.sqs_refused),

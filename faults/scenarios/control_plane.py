@@ -11,138 +11,163 @@ still ends, with nothing lost and no budget broken.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from faults import apiserver, measure
-from faults.env import Environment
+from faults.env import Environment, Spotq
 from faults.measure import Figures
 from faults.trial import Options, Trial
 
 
-def apiserver_pause(env: Environment, opts: Options) -> Figures:
-    trial = Trial(env, opts, "apiserver-pause", f"kube-apiserver SIGSTOP {opts.apiserver_pause:g} s mid-wave")
-    proc = env.spotq("spotq-0")
+@dataclass
+class Hit:
+    """One mid-wave fault's run: the trial, the process, when the fault began and when it was over."""
+
+    found: Figures
+    trial: Trial
+    proc: Spotq
+    began: float
+    over: float
+
+
+def _mid_wave(
+    env: Environment, opts: Options, name: str, title: str, fault: Callable[[Spotq], tuple[float, float]],
+    over: str, *, revocable: bool = False,
+) -> Hit:  # fmt: skip
+    """One spotq process, a wave, `fault(proc)` 0.3 of the way into it (returning when it began and was over),
+    the wave settled; resume measured from `over` (named by `over`'s text)."""
+    trial = Trial(env, opts, name, title)
+    proc = env.spotq("spotq-0", revocable=revocable)
     trial.interrupt()
     trial.mid_wave(0.3)
-    apiserver.pause(env.kube)
-    paused = time.time()
-    time.sleep(opts.apiserver_pause)
-    apiserver.resume(env.kube)
-    resumed = time.time()
+    began, ended = fault(proc)
     trial.settle()
     found = trial.finish(serving=[proc])
-    _resume_figures(found, trial, proc.user, paused, resumed, "SIGCONT")
-    found.details.update(
-        {
-            "paused_at_seconds": round(paused - trial.wave.event_time, 1),
-            "not_ready_samples_while_paused": trial.sampler.not_ready(proc.label, paused, resumed),
-            "ready_again_after_seconds": _after(trial.sampler.ready_again(proc.label, resumed), resumed),
-        }
+    _resume_figures(found, trial, proc.user, began, ended, over)
+    found.details["ready_again_after_seconds"] = _after(trial.sampler.ready_again(proc.label, ended), ended)
+    return Hit(found, trial, proc, began, ended)
+
+
+def apiserver_pause(env: Environment, opts: Options) -> Figures:
+    def fault(_: Spotq) -> tuple[float, float]:
+        apiserver.pause(env.kube)
+        paused = time.time()
+        time.sleep(opts.apiserver_pause)
+        apiserver.resume(env.kube)
+        return paused, time.time()
+
+    title = f"kube-apiserver SIGSTOP {opts.apiserver_pause:g} s mid-wave"
+    hit = _mid_wave(env, opts, "apiserver-pause", title, fault, "SIGCONT")
+    hit.found.details["not_ready_samples_while_paused"] = hit.trial.sampler.not_ready(
+        hit.proc.label, hit.began, hit.over
     )
-    return found
+    return hit.found
 
 
 def apiserver_restart(env: Environment, opts: Options) -> Figures:
-    trial = Trial(env, opts, "apiserver-restart", "kube-apiserver kill -9 mid-wave, then restart")
-    proc = env.spotq("spotq-0")
-    trial.interrupt()
-    trial.mid_wave(0.3)
-    killed = apiserver.kill(env.kube)
-    time.sleep(max(0.0, opts.restart_delay - (time.time() - killed)))
-    ready = apiserver.restart(env.kube)
-    trial.settle()
-    found = trial.finish(serving=[proc])
-    _resume_figures(found, trial, proc.user, killed, ready, "restarted API server ready")
-    found.details.update(
-        {
-            "killed_at_seconds": round(killed - trial.wave.event_time, 1),
-            "down_seconds": round(ready - killed, 1),
-            "ready_again_after_seconds": _after(trial.sampler.ready_again(proc.label, ready), ready),
-        }
-    )
-    return found
+    def fault(_: Spotq) -> tuple[float, float]:
+        killed = apiserver.kill(env.kube)
+        time.sleep(max(0.0, opts.restart_delay - (time.time() - killed)))
+        return killed, apiserver.restart(env.kube)
+
+    title = "kube-apiserver kill -9 mid-wave, then restart"
+    hit = _mid_wave(env, opts, "apiserver-restart", title, fault, "restarted API server ready")
+    hit.found.details["down_seconds"] = round(hit.over - hit.began, 1)
+    return hit.found
 
 
 def apiserver_throttled(env: Environment, opts: Options) -> Figures:
+    throttled: list[float] = []
+
+    def fault(_: Spotq) -> tuple[float, float]:
+        killed = apiserver.kill(env.kube)
+        throttled.append(apiserver.restart(env.kube, seats=opts.throttle_seats))
+        time.sleep(opts.throttle)
+        apiserver.kill(env.kube)
+        return killed, apiserver.restart(env.kube)
+
     reads, writes = opts.throttle_seats
     title = f"kube-apiserver with {reads}+{writes} request seats for {opts.throttle:g} s mid-wave (429 storm)"
-    trial = Trial(env, opts, "apiserver-throttled", title)
-    proc = env.spotq("spotq-0")
-    trial.interrupt()
-    trial.mid_wave(0.3)
-    killed = apiserver.kill(env.kube)
-    throttled = apiserver.restart(env.kube, seats=opts.throttle_seats)
-    time.sleep(opts.throttle)
-    apiserver.kill(env.kube)
-    ready = apiserver.restart(env.kube)
-    trial.settle()
-    found = trial.finish(serving=[proc])
-    _resume_figures(found, trial, proc.user, killed, ready, "API server back with its own seats")
-    during = [r for r in trial.audit.requests if r.user == proc.user and throttled <= r.received <= ready]
-    found.details.update(
+    hit = _mid_wave(env, opts, "apiserver-throttled", title, fault, "API server back with its own seats")
+    during = [r for r in hit.trial.audit.requests if r.user == hit.proc.user and throttled[0] <= r.received <= hit.over]
+    hit.found.details.update(
         {
-            "throttled_at_seconds": round(throttled - trial.wave.event_time, 1),
-            "throttled_seconds": round(ready - throttled, 1),
+            "throttled_seconds": round(hit.over - throttled[0], 1),
             "spotq_requests_while_throttled": len(during),
             "spotq_429s_while_throttled": sum(1 for r in during if r.code == 429),
             "evictions_while_throttled": sum(
                 1 for r in during if r.resource == "pods/eviction" and 200 <= r.code < 300
             ),
-            "ready_again_after_seconds": _after(trial.sampler.ready_again(proc.label, ready), ready),
         }
     )
-    return found
+    return hit.found
 
 
 def token_revoked(env: Environment, opts: Options) -> Figures:
     """spotq's token is revoked mid-wave (the Secret it is bound to deleted: every request of it refused with 401,
     as an expired token is) and a new one lands in its kubeconfig `token_outage` s later (as a rotation puts it)."""
+
+    def fault(proc: Spotq) -> tuple[float, float]:
+        revoked = env.revoke_token(proc)
+        time.sleep(opts.token_outage)
+        return revoked, env.renew_token(proc)
+
     title = f"spotq's token revoked mid-wave, a new one in its kubeconfig {opts.token_outage:g} s later"
-    trial = Trial(env, opts, "token-revoked", title)
-    proc = env.spotq("spotq-0", revocable=True)
-    trial.interrupt()
-    trial.mid_wave(0.3)
-    revoked = env.revoke_token(proc)
-    time.sleep(opts.token_outage)
-    renewed = env.renew_token(proc)
-    trial.settle()
-    found = trial.finish(serving=[proc])
-    _resume_figures(found, trial, proc.user, revoked, renewed, "new token in the kubeconfig")
+    hit = _mid_wave(env, opts, "token-revoked", title, fault, "new token in the kubeconfig", revocable=True)
     # (The refused requests themselves are not in the audit log: a request that fails authentication has no user,
     # and the environment's audit policy logs only spotq's ServiceAccounts.)
-    found.details.update(
+    last = hit.trial.audit.last_request(hit.proc.user, before=hit.over)
+    hit.found.details.update(
         {
-            "revoked_at_seconds": round(revoked - trial.wave.event_time, 1),
-            "outage_seconds": round(renewed - revoked, 1),
-            "last_request_before_renewal_seconds": _after(trial.audit.last_request(proc.user, before=renewed), revoked),
-            "not_ready_samples_while_revoked": trial.sampler.not_ready(proc.label, revoked, renewed),
-            "ready_again_after_seconds": _after(trial.sampler.ready_again(proc.label, renewed), renewed),
+            "outage_seconds": round(hit.over - hit.began, 1),
+            "last_request_before_renewal_seconds": _after(last, hit.began),
+            "not_ready_samples_while_revoked": hit.trial.sampler.not_ready(hit.proc.label, hit.began, hit.over),
         }
     )
-    return found
+    return hit.found
 
 
 def _resume_figures(found: Figures, trial: Trial, user: str, fault: float, since: float, what: str) -> None:
     """Resume, for each node with pods not yet evicted when the fault began, after the API server is back
     (`since`): spotq's first request for the node's pods, or its first eviction of a pod the fault left under the
-    wave's one PodDisruptionBudget. A node whose pods wait their turn in that budget (others' replacements not yet
-    Ready) has resumed when the budget's queue has: its own first eviction measures the budget, not spotq."""
+    wave's one PodDisruptionBudget, counted from when that budget had room again. A node whose pods wait their turn
+    in the budget has resumed when the budget's queue has; and while the budget allows nothing (every disruption
+    spent, the replacements not yet counted Ready by a control plane catching up on its own restart) no handler
+    can evict: that wait is the cluster's, kept apart as `budget_room_after_seconds`."""
     accepted = trial.audit.accepted(trial.wave.namespace)
     left = {
         item.node: {pod for pod in item.pods if not any(e.at < fault for e in accepted.get(pod, []))}
         for item in trial.interruptions
     }
-    queue_resumed = trial.audit.first_eviction(user, after=since, pods=set[str]().union(*left.values()))
+    room = _budget_room(trial, since)
+    queue_resumed = trial.audit.first_eviction(user, after=room, pods=set[str]().union(*left.values()))
     waits: dict[str, float | None] = {}
     for node, remaining in left.items():
         if not remaining:
             continue
-        stamps = [trial.audit.first_drain_request(user, node, after=since), queue_resumed]
-        seen = [s for s in stamps if s is not None]
-        waits[node] = min(seen) - since if seen else None
+        request = trial.audit.first_drain_request(user, node, after=since)
+        seen = [w for w in (_minus(request, since), _minus(queue_resumed, room)) if w is not None]
+        waits[node] = min(seen) if seen else None
     if not waits:
         found.details["resume"] = "every pod had been evicted before the fault"
-    how = "spotq's first pod request for each node with pods left, or first eviction in their budget"
+    found.details["budget_room_after_seconds"] = round(room - since, 1)
+    how = "spotq's first pod request for each node with pods left, or first eviction in their budget once it had room"
     measure.resumed(found, waits, f"{what} → {how}")
+
+
+def _budget_room(trial: Trial, since: float) -> float:
+    """When, from `since` on, the wave's budget first allowed a disruption (currentHealthy > desiredHealthy), as the
+    cluster poll saw it; `since` when it did then, or when no sample says otherwise."""
+    for budget in trial.poller.budgets.values():
+        before = [sample for sample in budget.samples if sample[0] <= since]
+        if before and before[-1][1] <= before[-1][2]:
+            return next((t for t, healthy, desired in budget.samples if t > since and healthy > desired), since)
+    return since
+
+
+def _minus(when: float | None, start: float) -> float | None:
+    return None if when is None else when - start
 
 
 def _after(when: float | None, since: float) -> float | None:

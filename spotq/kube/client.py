@@ -15,7 +15,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 
-from spotq.errors import ApiError, ConfigError
+from spotq.errors import ApiError, ConfigError, TransientError
 from spotq.kube import credentials
 from spotq.kube.transport import JSON, HttpTransport, Transport, shrink_tls_read_buffers
 from spotq.observability import metrics
@@ -43,6 +43,10 @@ class KubeClient:
         self._transport = transport
         self._close = close
         self._tokens = tokens
+        # Set while the API server answers; cleared by a request it could not answer (no connection, 5xx), set
+        # again by the next answer: watches waiting out a back-off start over at once (watching.Backoff.pause).
+        self.answering = asyncio.Event()
+        self.answering.set()
         self._bucket = TokenBucket(settings.qps, settings.burst)
         # Lower key first: a taint waiting for a connection goes before evictions and Events waiting too.
         self._in_flight = DeadlineSlots(settings.max_in_flight)
@@ -121,7 +125,7 @@ class KubeClient:
                 async with self._in_flight.hold(float(priority)):
                     await self._bucket.acquire(priority)
                     metrics.KUBE_REQUESTS.labels(operation=operation).inc()
-                    return await self._transport.request(
+                    answer = await self._transport.request(
                         method,
                         path,
                         query=query,
@@ -130,12 +134,21 @@ class KubeClient:
                         operation=operation,
                         priority=priority,
                     )
-            except ApiError as exc:
+                self.answering.set()
+                return answer
+            except ApiError as exc:  # (before TransientError: an ApiError is one)
+                if exc.status >= 500:
+                    self.answering.clear()
+                else:
+                    self.answering.set()  # it answered: refusals are answers
                 if exc.status != 429 or "disruption budget" in exc.body or attempt == _THROTTLE_RETRIES:
                     raise
                 metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()
                 delay = exc.retry_after if exc.retry_after is not None else 1.0
                 await asyncio.sleep(random.uniform(delay, delay * 1.5))
+            except TransientError:
+                self.answering.clear()
+                raise
         raise AssertionError("unreachable")
 
     async def watch(self, path: str, query: dict[str, str], *, operation: str) -> AsyncGenerator[JSON, None]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -58,8 +59,20 @@ class Backoff:
         cap = self.denied_max_seconds if denied else self.max_seconds
         return spotq.backoff.Backoff(self.initial_seconds, cap, jitter=0.5).seconds(failures)
 
-    async def pause(self, failures: int, *, denied: bool = False) -> None:
-        await asyncio.sleep(self.seconds(failures, denied=denied))
+    async def pause(self, failures: int, *, denied: bool = False, answering: asyncio.Event | None = None) -> None:
+        """Wait out the back-off; with `answering` (the client's: set while the API server answers) cleared, stop
+        waiting as soon as it is set again, after a jitter of up to a second so that many watches do not relist in
+        step: a watch comes back with the server, not up to a back-off later."""
+        seconds = self.seconds(failures, denied=denied)
+        if answering is None or denied or answering.is_set():
+            await asyncio.sleep(seconds)
+            return
+        try:
+            async with asyncio.timeout(seconds):
+                await answering.wait()
+        except TimeoutError:
+            return
+        await asyncio.sleep(random.uniform(0.0, min(1.0, seconds)))
 
 
 DEFAULT_BACKOFF = Backoff()
@@ -141,7 +154,13 @@ async def list_and_watch(
                 log.log(logging.DEBUG if denied else logging.WARNING, "watch interrupted, relisting", extra=fields)
             else:
                 log.error("watch failed unexpectedly, relisting", extra=fields, exc_info=exc)
-            await backoff.pause(failures, denied=denied)
+            await backoff.pause(failures, denied=denied, answering=_answering(transport))
+
+
+def _answering(transport: Transport) -> asyncio.Event | None:
+    """The client's answering event (KubeClient has one; a bare transport or a fake may not)."""
+    answering = getattr(transport, "answering", None)
+    return answering if isinstance(answering, asyncio.Event) else None
 
 
 async def _list(transport: Transport, resource: Resource, on_list: OnList) -> str:

@@ -65,49 +65,57 @@ def write_kubeconfig(path: Path, server: str, token: str) -> None:
     )
 
 
+@dataclass
+class Connected:
+    api: OneToken
+    url: str
+    kubeconfig: Path
+    client: KubeClient
+
+    def rotate(self, token: str) -> None:
+        """The old token is revoked; its source (the kubeconfig) now holds the new one."""
+        self.api.token = token
+        write_kubeconfig(self.kubeconfig, self.url, token)
+
+
+@pytest_asyncio.fixture(loop_scope="function")
+async def connected(server: tuple[OneToken, str], tmp_path: Path) -> AsyncIterator[Connected]:
+    """A KubeClient connected through a kubeconfig holding the token the server takes (token-a)."""
+    api, url = server
+    kubeconfig = tmp_path / "kubeconfig"
+    write_kubeconfig(kubeconfig, url, "token-a")
+    client = await KubeClient.connect(KubeSettings(kubeconfig=str(kubeconfig)), max_connections=4)
+    yield Connected(api, url, kubeconfig, client)
+    await client.close()
+
+
 def reloads(result: str) -> float:
     return metrics.REGISTRY.get_sample_value("spotq_kube_credential_reloads_total", {"result": result}) or 0.0
 
 
 async def test_a_rewritten_kubeconfig_is_read_again_after_a_401_and_the_request_succeeds(
-    server: tuple[OneToken, str], tmp_path: Path
+    connected: Connected,
 ) -> None:
-    api, url = server
-    kubeconfig = tmp_path / "kubeconfig"
-    write_kubeconfig(kubeconfig, url, "token-a")
-    client = await KubeClient.connect(KubeSettings(kubeconfig=str(kubeconfig)), max_connections=4)
-    try:
-        assert await client.request("GET", "/api/v1/nodes", operation="list_nodes") is not None
-        api.token = "token-b"  # the old token is revoked; its source now holds the new one
-        write_kubeconfig(kubeconfig, url, "token-b")
-        changed = reloads("changed")
-        await client.request("GET", "/api/v1/nodes", operation="list_nodes")
-        assert api.seen == ["token-a", "token-a", "token-b"] and reloads("changed") == changed + 1
+    api, client = connected.api, connected.client
+    assert await client.request("GET", "/api/v1/nodes", operation="list_nodes") is not None
+    connected.rotate("token-b")
+    changed = reloads("changed")
+    await client.request("GET", "/api/v1/nodes", operation="list_nodes")
+    assert api.seen == ["token-a", "token-a", "token-b"] and reloads("changed") == changed + 1
 
-        api.token = "token-c"  # many requests refused at once: one read, every one sent again
-        write_kubeconfig(kubeconfig, url, "token-c")
-        await asyncio.sleep(credentials.MIN_RELOAD_SECONDS)
-        await asyncio.gather(*(client.request("GET", "/api/v1/nodes", operation="list_nodes") for _ in range(8)))
-        assert api.seen[3:].count("token-c") == 8 and reloads("changed") == changed + 2
-    finally:
-        await client.close()
+    connected.rotate("token-c")  # many requests refused at once: one read, every one sent again
+    await asyncio.sleep(credentials.MIN_RELOAD_SECONDS)
+    await asyncio.gather(*(client.request("GET", "/api/v1/nodes", operation="list_nodes") for _ in range(8)))
+    assert api.seen[3:].count("token-c") == 8 and reloads("changed") == changed + 2
 
 
-async def test_a_source_with_no_other_token_leaves_the_401_as_it_is(
-    server: tuple[OneToken, str], tmp_path: Path
-) -> None:
-    api, url = server
-    kubeconfig = tmp_path / "kubeconfig"
-    write_kubeconfig(kubeconfig, url, "token-a")
-    client = await KubeClient.connect(KubeSettings(kubeconfig=str(kubeconfig)), max_connections=4)
-    try:
-        api.token = "token-b"
-        unchanged = reloads("unchanged")
-        with pytest.raises(ApiError) as refused:
-            await client.request("GET", "/api/v1/nodes", operation="list_nodes")
-        assert refused.value.status == 401 and api.seen == ["token-a"] and reloads("unchanged") == unchanged + 1
-    finally:
-        await client.close()
+async def test_a_source_with_no_other_token_leaves_the_401_as_it_is(connected: Connected) -> None:
+    connected.api.token = "token-b"  # revoked, and the kubeconfig still holds the old one
+    unchanged = reloads("unchanged")
+    with pytest.raises(ApiError) as refused:
+        await connected.client.request("GET", "/api/v1/nodes", operation="list_nodes")
+    assert refused.value.status == 401 and connected.api.seen == ["token-a"]
+    assert reloads("unchanged") == unchanged + 1
 
 
 class Config:

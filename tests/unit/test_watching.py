@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,8 +12,10 @@ import pytest
 
 from spotq.errors import ApiError, TransientError
 from spotq.kube import watching
+from spotq.kube.client import KubeClient
 from spotq.kube.transport import WatchStreamError
 from spotq.observability import metrics
+from spotq.settings import KubeSettings
 from tests.unit.fake_transport import HOLD, FakeTransport
 
 JSON = dict[str, Any]
@@ -27,7 +30,7 @@ class RecordingBackoff(watching.Backoff):
     held: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def pause(self, failures: int, *, denied: bool = False) -> None:
+    async def pause(self, failures: int, *, denied: bool = False, answering: asyncio.Event | None = None) -> None:
         self.pauses.append((self.seconds(failures, denied=denied), denied))
         if self.hold_after is not None and len(self.pauses) == self.hold_after + 1:
             self.held.set()
@@ -176,3 +179,29 @@ async def test_a_watch_that_keeps_ending_without_a_word_is_paced_not_spun() -> N
     finally:
         await stop(task)
     assert len(backoff.pauses) == 2 and transport.operations().count("list_things") == 1
+
+
+async def test_a_back_off_ends_within_a_second_of_the_api_server_answering_again() -> None:
+    answering = asyncio.Event()  # cleared: the client's last request found no server
+    backoff = watching.Backoff(initial_seconds=30.0, max_seconds=30.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    waiting = asyncio.create_task(backoff.pause(3, answering=answering))
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    answering.set()  # another request got an answer
+    await asyncio.wait_for(waiting, timeout=2.0)
+    assert loop.time() - started < 1.5  # not the 15-30 s back-off
+
+
+async def test_the_client_says_whether_the_api_server_answers() -> None:
+    transport = FakeTransport(
+        answers={"get": [TransientError("refused"), {"kind": "Node"}, ApiError(503, "x", ""), ApiError(404, "x", "")]}
+    )
+    client = KubeClient(transport, KubeSettings())
+    seen = []
+    for _ in range(4):
+        with contextlib.suppress(TransientError):
+            await client.request("GET", "/api/v1/nodes/n", operation="get")
+        seen.append(client.answering.is_set())
+    assert seen == [False, True, False, True]  # no connection, an answer, a 503, a 404 (an answer)

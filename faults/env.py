@@ -35,7 +35,7 @@ import yaml
 from bench.sqs_endpoint import ElasticMQ
 from faults.sqs_proxy import SqsProxy
 from testenv import LocalCluster, MotoServer
-from testenv.kube import JSON
+from testenv.kube import JSON, KubeClient
 from testenv.spotq import SpotqProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -351,9 +351,18 @@ class Environment:
         body = {"metadata": {"name": self._bound[account]}, "type": "Opaque"}
         return self.kube.client.create(f"/api/v1/namespaces/{SPOTQ_NS}/secrets", body)
 
-    def revoke_token(self, proc: Spotq) -> float:
-        """Delete the Secret proc's token is bound to: the API server refuses that token (401) from now on."""
+    def revoke_token(self, proc: Spotq, timeout: float = 60.0) -> float:
+        """Delete the Secret proc's token is bound to; returns when the API server first refuses that token (401).
+        (It caches a token's authentication for a few seconds, so the refusals begin a little after the delete.)"""
+        kubeconfig = yaml.safe_load((self.workdir / f"{proc.label}.kubeconfig").read_text())
+        token = kubeconfig["users"][0]["user"]["token"]
+        probe = KubeClient(self.kube.server_url, self.kube.ca_path, token=token)
         self.kube.client.delete(f"/api/v1/namespaces/{SPOTQ_NS}/secrets/{self._bound[proc.label]}")
+        deadline = time.time() + timeout
+        while probe.raw("GET", f"/api/v1/namespaces/{SPOTQ_NS}/pods", params={"limit": 1})[0] != 401:
+            if time.time() > deadline:
+                raise RuntimeError(f"the API server still takes {proc.label}'s revoked token after {timeout:g} s")
+            time.sleep(0.1)
         return time.time()
 
     def renew_token(self, proc: Spotq) -> float:

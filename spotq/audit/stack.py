@@ -12,7 +12,7 @@ from __future__ import annotations
 import fnmatch
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from spotq.settings import ActionLevel, Settings
@@ -126,7 +126,7 @@ class Stack:
     rules: tuple[Rule, ...] = ()
     policy: JSON | None = None  # the queue's access policy; None: it has none
     error: str = ""
-    routes: tuple[Route, ...] = field(default=())
+    routes: tuple[Route, ...] = ()
 
 
 def check(stack: Stack) -> list[Finding]:

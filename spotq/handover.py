@@ -100,6 +100,7 @@ async def await_owner(
         return owning.news(current(), owner)
 
     while True:
+        seen = replicas.changes  # before looking: a Lease released while the waits below start still wakes them
         now = loop.time()
         give_up = due.at + OWNER_RECORD_GRACE_SECONDS
         if news():
@@ -111,7 +112,7 @@ async def await_owner(
             return None
         # Renewals wake nobody: at the expiry seen now, look again (renewed meanwhile: wait on).
         until = give_up if expires is None else min(give_up, expires)
-        await first_of(index.wait_for(news), replicas.changed(), until=until)
+        await first_of(index.wait_for(news), replicas.changed(seen), until=until)
 
 
 async def fence(replicas: Replicas, index: NodeLookup, name: str) -> None:

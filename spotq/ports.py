@@ -185,8 +185,15 @@ class Replicas(Protocol):
         to expire (this replica itself, or the Leases are being listed again)."""
         ...
 
-    async def changed(self) -> None:
-        """Return at the next Lease that appears, is released or deleted (not at renewals)."""
+    @property
+    def changes(self) -> int:
+        """How many times a Lease has appeared, been released or deleted so far (not renewals): read it before
+        looking at the Leases, and `changed` with it misses nothing that happens meanwhile."""
+        ...
+
+    async def changed(self, since: int) -> None:
+        """Return once `changes` is past `since`: at once if a Lease appeared, was released or deleted since the
+        caller read it, else at the next such change."""
         ...
 
     def holding(self) -> bool:

@@ -63,6 +63,7 @@ async def take_over(index: NodeLookup, actor: Resumer, replicas: Replicas) -> No
     loop = asyncio.get_running_loop()
     async with asyncio.TaskGroup() as group:
         while True:
+            seen = replicas.changes
             now, at = clock.now(), loop.time()
             wake = at + TAKE_OVER_SCAN_SECONDS
             for node in index.nodes():
@@ -87,7 +88,7 @@ async def take_over(index: NodeLookup, actor: Resumer, replicas: Replicas) -> No
                 group.create_task(_resume(actor, node, deadline, context))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout_at(wake):
-                    await replicas.changed()
+                    await replicas.changed(seen)
 
 
 async def _resume(actor: Resumer, node: NodeRef, deadline: datetime, context: logs.Context) -> None:

@@ -14,6 +14,9 @@ from faults.env import Environment
 from faults.measure import Figures
 from faults.trial import Options, Trial, say
 
+# How long before the rest of the wave spotq's own node is warned (own_node).
+OWN_NODE_HEAD_START_SECONDS = 2.0
+
 
 def kill_restart(env: Environment, opts: Options) -> Figures:
     """kill -9 mid-wave, restarted `restart_delay` s later as the same pod (a container restart): the drains
@@ -140,8 +143,13 @@ def own_node(env: Environment, opts: Options) -> Figures:
     host = trial.wave.nodes[0].node_name
     pod = _place_own_pod(env, host, "spotq-own")
     proc = env.spotq(pod)
-    trial.interrupt()
-    own_deadline = trial.deadline()
+    # spotq's own node is warned first, the rest of the wave a moment later: its pods take the PDB's room first, so
+    # its drain ends while the others' go on and spotq leaves its node mid-wave (the hand-over is exercised on every
+    # run, not only when its node happens to come last).
+    started = trial.interrupt(trial.wave.nodes[:1])
+    time.sleep(OWN_NODE_HEAD_START_SECONDS)
+    trial.interrupt(trial.wave.nodes[1:])
+    own_deadline = trial.interruptions[0].deadline
     evicted_at: float | None = None
     idle_since: float | None = None
     while time.time() < own_deadline - 10:  # spotq's own drains end 10 s before the deadline (its safety margin)
@@ -177,18 +185,18 @@ def own_node(env: Environment, opts: Options) -> Figures:
             found, waits, "old pod's process exited → the replacement's first request for each unfinished node"
         )
         details = {
-            "own_pod_evicted_seconds": round(evicted_at - trial.wave.event_time, 1),
-            "replacement_ready_seconds": round(replacement.ready - trial.wave.event_time, 1),
-            "old_exit_seconds": round(exited - trial.wave.event_time, 1),
+            "own_pod_evicted_seconds": round(evicted_at - started, 1),
+            "replacement_ready_seconds": round(replacement.ready - started, 1),
+            "old_exit_seconds": round(exited - started, 1),
             "unfinished_when_old_exited": len(unfinished),
         }
     else:
         time.sleep(max(0.0, own_deadline - time.time()))  # the instance's end: spotq dies with its node
         died = proc.kill() if proc.alive() else time.time()
         env.kube.delete_nodes([host])
-        trial.settle(until=own_deadline + opts.tail)
+        trial.settle(until=trial.deadline() + opts.tail)
         found = trial.finish(serving=serving)
-        details = {"died_with_its_node_seconds": round(died - trial.wave.event_time, 1)}
+        details = {"died_with_its_node_seconds": round(died - started, 1)}
     found.details.update(details)
     found.own_targets["off its node before it died"] = evicted_at is not None
     return found

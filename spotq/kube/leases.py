@@ -84,6 +84,7 @@ class ReplicaLeases:
         self._unknown: OrderedDict[str, float] = OrderedDict()  # holder → loop time first asked about, no Lease
         self._current = False
         self._changed = asyncio.Condition()
+        self._changes = 0
         self._lost = asyncio.Event()
         self._held_once = False
         self._watchdog: asyncio.TimerHandle | None = None
@@ -107,9 +108,15 @@ class ReplicaLeases:
         _trim(self._unknown)
         return first + self._seconds
 
-    async def changed(self) -> None:
+    @property
+    def changes(self) -> int:
+        return self._changes
+
+    async def changed(self, since: int) -> None:
+        # A count, not a bare notification: a waiter started a loop turn after the caller looked (a task, as
+        # side_tasks.first_of starts) would otherwise miss a Lease deleted in that turn and wait for its expiry.
         async with self._changed:
-            await self._changed.wait()
+            await self._changed.wait_for(lambda: self._changes > since)
 
     def holding(self) -> bool:
         return not self._lost.is_set()
@@ -349,6 +356,7 @@ class ReplicaLeases:
         self._current = False
 
     async def _notify(self) -> None:
+        self._changes += 1
         async with self._changed:
             self._changed.notify_all()
 

@@ -44,3 +44,17 @@ def test_two_replicas_on_one_wave_one_killed_mid_wave_drain_each_node_once_and_t
     assert found.details["unfinished_of_killed"] > 0
     assert found.resume_never == 0
     assert outcomes_missed(found) == []
+
+
+def test_spotqs_own_node_interrupted_it_leaves_mid_wave_and_its_replacement_finishes_the_wave(
+    env: Environment,
+) -> None:
+    # Its own node is warned first and drained first: spotq evicts its own pod with the other nodes' drains under
+    # way, goes on with them through its stop grace, and the replacement pod takes over what is left.
+    found = process.own_node(env, small())
+    print(shown(found), found.details.get("own_pod_evicted_seconds"), found.details.get("old_exit_seconds"))
+    assert found.own_targets["off its node before it died"]
+    assert found.details["unfinished_when_old_exited"] > 0
+    assert found.resume_never == 0
+    assert recovered_in_time(found.resume_seconds)
+    assert outcomes_missed(found) == []

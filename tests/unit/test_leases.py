@@ -124,12 +124,15 @@ async def test_a_deleted_lease_is_gone_at_once_and_wakes_the_waiters() -> None:
     leases = ReplicaLeases(transport, NS, "a", lease_seconds=10.0)
     async with running(leases):
         await transport.wait_for_calls("watch_leases", 1)
-        waiter = asyncio.create_task(leases.changed())
+        before = leases.changes
+        waiter = asyncio.create_task(leases.changed(before))
         await asyncio.sleep(0)
         await leases._event("DELETED", b)
         async with asyncio.timeout(1):
             await waiter
+            await leases.changed(before)  # a wait begun after the change, with the count read before it: at once
         assert leases.expires_at("b") == -math.inf
+        assert leases.changes == before + 1
 
 
 async def test_a_lease_renewed_long_ago_by_its_holders_clock_is_expired_when_first_listed() -> None:

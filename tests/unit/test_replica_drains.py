@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from spotq import acting, planning, resuming, selectors
-from spotq.draining import DrainOptions
+from spotq import acting, handover, planning, resuming, selectors
+from spotq.draining import DrainDeadline, DrainOptions
 from spotq.errors import TransientError
 from spotq.kube.nodes import NodeIndex, NodeRef
 from spotq.notices import SpotInterruption
@@ -74,7 +74,8 @@ class Leases:
     """The replicas' Leases: holder → the loop time its Lease expires unless renewed (as every replica sees it)."""
 
     expiry: dict[str, float] = field(default_factory=dict)
-    changes: asyncio.Condition = field(default_factory=asyncio.Condition)
+    count: int = 0  # Leases released so far (ports.Replicas.changes)
+    waiters: list[asyncio.Event] = field(default_factory=list)
 
     def renew(self, holder: str, seconds: float) -> None:
         self.expiry[holder] = asyncio.get_running_loop().time() + seconds
@@ -84,6 +85,23 @@ class Leases:
         while True:
             self.renew(holder, seconds)
             await asyncio.sleep(seconds / 3)
+
+    def release(self, holder: str) -> None:
+        """`holder` deletes its Lease (a clean stop): gone at once and the waiters told, in one loop turn (as a
+        watch's DELETED event reaches kube/leases.py)."""
+        self.expiry[holder] = -math.inf
+        self.count += 1
+        for waiter in self.waiters:
+            waiter.set()
+
+    async def changed(self, since: int) -> None:
+        while self.count <= since:
+            waiter = asyncio.Event()
+            self.waiters.append(waiter)
+            try:
+                await waiter.wait()
+            finally:
+                self.waiters.remove(waiter)
 
 
 @dataclass
@@ -101,9 +119,12 @@ class FakeReplicas:
         self.looks += 1
         return self.leases.expiry.get(holder, -math.inf)
 
-    async def changed(self) -> None:
-        async with self.leases.changes:
-            await self.leases.changes.wait()
+    @property
+    def changes(self) -> int:
+        return self.leases.count
+
+    async def changed(self, since: int) -> None:
+        await self.leases.changed(since)
 
     def holding(self) -> bool:
         return not self.dropped.is_set()
@@ -217,6 +238,31 @@ async def test_a_waiting_replica_takes_the_drain_over_once_the_drainers_lease_ex
     assert loop.time() >= leases.expiry["a"]  # not before a's Lease expired
     assert report is not None and report.complete and report.evicted == ["ns/web-0"]
     assert drains(pods) == 2 and node.record() == DrainRecord("b", "finished")
+
+
+async def test_a_lease_released_as_the_wait_for_its_drain_begins_ends_the_wait_at_once(
+    world: tuple[SharedNode, FakePods, Leases],
+) -> None:
+    """The drainer stops cleanly and deletes its Lease in the loop turn between the waiting replica's look at the
+    Leases and the start of its wait (the wait's tasks start a turn later): the wait ends then, not at the Lease's
+    last expiry (own-node fault run: a drain resumed 8.3 s after the old process exited, its Lease's remainder)."""
+    node, pods, leases = world
+    pods.add("n1", "web-0", group="web")
+    a, b = replica("a", node, pods, leases), replica("b", node, pods, leases)
+    leases.renew("a", 30)
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(10), asyncio.TaskGroup() as group:
+        stopped = group.create_task(act(a, warning()))
+        await until(lambda: drains(pods) == 1)
+        stopped.cancel()  # a's drain stopped; its record still says a drains the node
+        await until(stopped.done)
+        record = node.record()
+        assert record == DrainRecord("a", "started")
+        loop.call_soon(leases.release, "a")  # runs before the wait's tasks do
+        began = loop.time()
+        found = await handover.await_owner(b.replicas, b.index, "n1", record, DrainDeadline(began + 60))
+    assert found == record  # the drainer is gone: its drain is b's to take over
+    assert loop.time() - began < 1.0
 
 
 async def test_a_gone_replicas_drain_is_taken_over_without_a_message(

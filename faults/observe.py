@@ -222,6 +222,7 @@ class ProcessSample:
     at: float
     rss_mb: float | None
     ready: int  # /readyz status (0: no answer)
+    why: str = ""  # what /readyz said when not 200
 
 
 class ProcessSampler:
@@ -251,8 +252,9 @@ class ProcessSampler:
                     rss = procstat.memory_mb(proc.pid).get("VmRSS")
                 except OSError:
                     rss = None
-                status, _ = proc.process.get("/readyz")
-                self.samples.setdefault(proc.label, []).append(ProcessSample(time.time(), rss, status))
+                status, body = proc.process.get("/readyz")
+                why = "" if status == 200 else body.strip()[:120]
+                self.samples.setdefault(proc.label, []).append(ProcessSample(time.time(), rss, status, why))
 
     def peak_rss(self) -> float | None:
         values = [s.rss_mb for rows in self.samples.values() for s in rows if s.rss_mb is not None]
@@ -260,6 +262,14 @@ class ProcessSampler:
 
     def not_ready(self, label: str, since: float, until: float) -> int:
         return sum(1 for s in self.samples.get(label, []) if since <= s.at <= until and s.ready != 200)
+
+    def reasons(self, label: str, since: float, until: float) -> list[tuple[float, str]]:
+        """(seconds after `since`, what /readyz said) for each sample between `since` and `until` not ready."""
+        return [
+            (round(s.at - since, 1), s.why or str(s.ready))
+            for s in self.samples.get(label, [])
+            if since <= s.at <= until and s.ready != 200
+        ]
 
     def ready_again(self, label: str, since: float) -> float | None:
         """The first sample at or after `since` whose /readyz said 200."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,13 @@ RECEIVE_MARGIN_SECONDS = 5.0
 # A receive sent after a failure that has not failed within this long got through (a refused connection, a denied
 # request, a missing queue fail at once): SQS answers again, though its long poll has not returned yet.
 RECEIVE_ACCEPTED_SECONDS = 1.0
-# A failed receive is tried again after 1 s, doubling up to 30 s while SQS keeps failing.
-_RECEIVE_BACKOFF = backoff.Backoff(initial_seconds=1.0, max_seconds=30.0)
+# A failed receive is tried again after 1 s, doubling up to 5 s while SQS keeps failing (each wait drawn between
+# half and all of it, so the receivers do not retry in step). The receivers are what finds SQS back: a longer cap
+# left spotq deaf for up to its length after an outage ended (a receive costs nothing while it fails: at most about
+# one a second for four receivers).
+_RECEIVE_BACKOFF = backoff.Backoff(initial_seconds=1.0, max_seconds=5.0, jitter=0.5)
+# In a long outage a receiver logs its 1st, 2nd, 4th, 8th… failure in a row, then every 60th (about every 4 min).
+_LOG_EVERY_FAILURES = 60
 
 
 class QueueApi(ReceiptApi, Protocol):
@@ -46,7 +52,7 @@ class QueueApi(ReceiptApi, Protocol):
 class DispatcherState:
     last_receive_ok: float | None = None  # loop time
     last_receive_failed: float | None = None
-    last_receive_started: float | None = None
+    receives_under_way: dict[int, float] = field(default_factory=dict)  # receive → loop time it was sent
     receive_failures: int = 0
     in_flight: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # message id → its work
 
@@ -69,6 +75,7 @@ class Dispatcher:
         self.acknowledger = acknowledger or Acknowledger(queue, settings)
         self.state = DispatcherState()
         self._room = asyncio.Condition()
+        self._receive_ids = itertools.count()
         self._reserved = 0  # room promised to receives under way, so concurrent receivers do not overshoot
 
     @property
@@ -99,9 +106,10 @@ class Dispatcher:
         loop = asyncio.get_running_loop()
         if failed is not None and (ok is None or failed > ok):
             # After an outage the first good receive returns only when its long poll ends (20 s): a receive sent
-            # since the failure and still under way after a second, with the probe answering, is ready again.
-            started = self.state.last_receive_started
-            if started is None or started <= failed or loop.time() - started < RECEIVE_ACCEPTED_SECONDS:
+            # since the failure and still under way after a second, with the probe answering, is ready again
+            # (the earliest such one: a receiver sending later, out of its back-off, does not hide it).
+            since = [at for at in self.state.receives_under_way.values() if at > failed]
+            if not since or loop.time() - min(since) < RECEIVE_ACCEPTED_SECONDS:
                 return False, "queue receive failing"
         elif ok is not None and loop.time() - ok < self._settings.wait_seconds + RECEIVE_MARGIN_SECONDS:
             return True, "ok"
@@ -122,8 +130,9 @@ class Dispatcher:
                     return
                 room = min(_BATCH, self._free)
                 self._reserved += room
+            receive = next(self._receive_ids)
             try:
-                self.state.last_receive_started = loop.time()
+                self.state.receives_under_way[receive] = loop.time()
                 batch = await self._queue.receive(
                     room, self._settings.wait_seconds, self._settings.visibility_timeout_seconds
                 )
@@ -131,7 +140,8 @@ class Dispatcher:
                 failures += 1
                 self.state.receive_failures += 1
                 self.state.last_receive_failed = loop.time()
-                log.warning("receive failed", extra={"error": str(exc)[:200], "failures": failures})
+                if _worth_logging(failures):
+                    log.warning("receive failed", extra={"error": str(exc)[:200], "failures": failures})
                 await _pause(stop, _RECEIVE_BACKOFF.seconds(failures))
                 continue
             else:
@@ -139,6 +149,7 @@ class Dispatcher:
                 failures = 0
             finally:
                 self._reserved -= room
+                del self.state.receives_under_way[receive]
             if stop.is_set():
                 await self._hand_back(batch)
                 return
@@ -198,6 +209,10 @@ class Dispatcher:
         if unfinished:
             log.info("stopping: releasing unfinished messages", extra={"messages": len(unfinished)})
             await self.acknowledger.release([m for m, t in tasks.items() if t in unfinished], reason="unfinished")
+
+
+def _worth_logging(failures: int) -> bool:
+    return failures & (failures - 1) == 0 or failures % _LOG_EVERY_FAILURES == 0
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:

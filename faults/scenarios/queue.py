@@ -65,6 +65,7 @@ def _outage(
                 if began - 25 <= done <= ended + 60
             ],
             "not_ready_samples_during_outage": trial.sampler.not_ready(proc.label, began + 3, ended),
+            "not_ready_after_outage": trial.sampler.reasons(proc.label, ended, ended + 60),
             "evictions_during_outage": sum(1 for done in accepted.values() if began <= done[0].at <= ended),
             "drains_finished_during_outage": sum(
                 1

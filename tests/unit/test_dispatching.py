@@ -255,21 +255,25 @@ async def test_failing_receives_make_the_queue_unready_at_once() -> None:
 @pytest.mark.parametrize(
     ("failed_ago", "started_ago", "reachable_hangs", "expected"),
     [
-        (30.0, 2.0, False, (True, "ok")),  # a receive under way since the outage ended, the probe answers
-        (30.0, 2.0, True, (False, "queue not reachable")),  # under way, but the endpoint hangs
-        (30.0, 0.5, False, (False, "queue receive failing")),  # just sent: a refusal would not have come yet
-        (1.0, 2.0, False, (False, "queue receive failing")),  # sent before the last failure
+        (30.0, [2.0], False, (True, "ok")),  # a receive under way since the outage ended, the probe answers
+        (30.0, [2.0], True, (False, "queue not reachable")),  # under way, but the endpoint hangs
+        (30.0, [0.5], False, (False, "queue receive failing")),  # just sent: a refusal would not have come yet
+        (1.0, [2.0], False, (False, "queue receive failing")),  # sent before the last failure
+        (30.0, [], False, (False, "queue receive failing")),  # every receiver waiting out its back-off
+        # Another receiver, out of its back-off, sends half a second ago: the first still says SQS answers (a
+        # single "last receive sent" made the process unready for a second at each such send after an outage).
+        (30.0, [2.0, 0.5], False, (True, "ok")),
     ],
 )
 async def test_after_an_outage_a_receive_under_way_and_a_probe_that_answers_are_ready_before_the_poll_returns(
-    failed_ago: float, started_ago: float, reachable_hangs: bool, expected: tuple[bool, str]
+    failed_ago: float, started_ago: list[float], reachable_hangs: bool, expected: tuple[bool, str]
 ) -> None:
     queue = FakeQueue(reachable_hangs=reachable_hangs)
     dispatcher = Dispatcher(queue, by_body, QueueSettings(), stop_grace_seconds=1)
     now = asyncio.get_running_loop().time()
     dispatcher.state.last_receive_ok = now - 60.0
     dispatcher.state.last_receive_failed = now - failed_ago
-    dispatcher.state.last_receive_started = now - started_ago
+    dispatcher.state.receives_under_way = {i: now - ago for i, ago in enumerate(started_ago)}
     assert await dispatcher.ready(probe_timeout_seconds=0.05) == expected
 
 
@@ -282,7 +286,9 @@ async def test_a_queue_that_hangs_is_unready_within_the_probe_timeout() -> None:
     assert await dispatcher.ready() == (True, "ok")
 
 
-async def test_a_long_queue_outage_does_not_stop_the_receiver(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_long_queue_outage_does_not_stop_the_receiver(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     class DownQueue(FakeQueue):
         async def receive(self, max_messages: int, wait_seconds: int, visibility_seconds: int) -> list[Delivery]:
             await asyncio.sleep(0)
@@ -297,5 +303,11 @@ async def test_a_long_queue_outage_does_not_stop_the_receiver(monkeypatch: pytes
     monkeypatch.setattr(dispatching, "_pause", pause)
     dispatcher = Dispatcher(DownQueue(), by_body, QueueSettings(receivers=1), stop_grace_seconds=1)
     await run_until(dispatcher, lambda: dispatcher.state.receive_failures >= 1100, timeout=10)
-    assert pauses[:3] == [1.0, 2.0, 4.0]
-    assert max(pauses) == 30.0
+    assert all(full / 2 <= pause <= full for pause, full in zip(pauses[:3], [1.0, 2.0, 4.0], strict=True))
+    # Capped at 5 s: the receivers find SQS back within that of an outage's end (30 s before).
+    assert min(pauses[10:]) >= 2.5 and max(pauses) <= 5.0
+    logged = [r for r in caplog.records if r.getMessage() == "receive failed"]
+    # The 1st, 2nd, 4th … failure, and every 60th: about 30 lines for 1100+ failures, not one each.
+    failures = dispatcher.state.receive_failures
+    assert 11 <= len(logged) <= 11 + failures // 60 + 1
+    assert [r.__dict__["failures"] for r in logged[:4]] == [1, 2, 4, 8]

@@ -193,6 +193,7 @@ class ScaleRun:
                 "spotq_cpu_seconds": rounded(sampler.cpu_used("spotq")),
                 "spotq_peak_rss_mb": rounded(sampler.peak_rss("spotq"), 1),
                 "spotq_vmhwm_mb": rounded(memory.get("VmHWM"), 1),
+                "spotq_rss_curve_mb": sampler.rss_curve("spotq", start),
                 "profile": profile_summary,
                 "rows": rows,
             }

@@ -96,3 +96,12 @@ class Sampler:
     def peak_rss(self, name: str) -> float | None:
         rows = [row[name][1] for _, row in self.samples if name in row]
         return max(rows) if rows else None
+
+    def rss_curve(self, name: str, start: float, every: float = 5.0) -> list[tuple[float, float]]:
+        """(seconds after `start`, the highest VmRSS MB sampled in that `every`-second step): where a peak came."""
+        steps: dict[int, float] = {}
+        for at, row in self.samples:
+            if name in row:
+                step = int((at - start) // every)
+                steps[step] = max(steps.get(step, 0.0), row[name][1])
+        return [(round(step * every, 1), round(mb, 1)) for step, mb in sorted(steps.items())]

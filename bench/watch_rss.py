@@ -37,17 +37,23 @@ async def _measure(kubeconfig: str, watches: int, tls_read_kib: int) -> dict[str
     kube = await KubeClient.connect(KubeSettings(kubeconfig=kubeconfig), max_connections=watches + 16)
     pods = PodClient(kube)
     listed: set[str] = set()
+    all_listed = asyncio.Event()
+
+    def on_list(name: str) -> None:
+        listed.add(name)
+        if len(listed) >= watches:
+            all_listed.set()
+
     await kube.request("GET", "/api/v1/namespaces/default", operation="warm_up")  # imports, TLS, auth done
     before = _rss_mb()
     tasks = [
         asyncio.create_task(
-            pods.follow_node(f"node-{i}", lambda _pods, name=f"node-{i}": listed.add(name), lambda *_: None)
+            pods.follow_node(f"node-{i}", lambda _pods, name=f"node-{i}": on_list(name), lambda *_: None)
         )
         for i in range(watches)
     ]
     async with asyncio.timeout(120):
-        while len(listed) < watches:
-            await asyncio.sleep(0.1)
+        await all_listed.wait()
     await asyncio.sleep(2)
     after = _rss_mb()
     for task in tasks:

@@ -15,8 +15,10 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from spotq.ports import Pod
 from testenv import LocalCluster
 
 
@@ -39,19 +41,20 @@ async def _measure(kubeconfig: str, watches: int, tls_read_kib: int) -> dict[str
     listed: set[str] = set()
     all_listed = asyncio.Event()
 
-    def on_list(name: str) -> None:
-        listed.add(name)
-        if len(listed) >= watches:
-            all_listed.set()
+    def lister(name: str) -> Callable[[list[Pod]], None]:
+        def on_list(_pods: list[Pod]) -> None:
+            listed.add(name)
+            if len(listed) >= watches:
+                all_listed.set()
+
+        return on_list
+
+    def ignore(_kind: str, _pod: Pod) -> None:
+        return None
 
     await kube.request("GET", "/api/v1/namespaces/default", operation="warm_up")  # imports, TLS, auth done
     before = _rss_mb()
-    tasks = [
-        asyncio.create_task(
-            pods.follow_node(f"node-{i}", lambda _pods, name=f"node-{i}": on_list(name), lambda *_: None)
-        )
-        for i in range(watches)
-    ]
+    tasks = [asyncio.create_task(pods.follow_node(f"node-{i}", lister(f"node-{i}"), ignore)) for i in range(watches)]
     async with asyncio.timeout(120):
         await all_listed.wait()
     await asyncio.sleep(2)

@@ -63,7 +63,8 @@ async def _measure(kubeconfig: str, watches: int, tls_read_kib: int) -> dict[str
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await kube.close()
-    return {"before_mb": round(before, 1), "after_mb": round(after, 1), "kib_per_watch": 0.0}
+    per_watch = (after - before) * 1024 / max(1, watches)
+    return {"before_mb": round(before, 1), "after_mb": round(after, 1), "kib_per_watch": round(per_watch, 1)}
 
 
 def main() -> None:
@@ -74,9 +75,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kubeconfig, watches, kib = args.child
-        found = asyncio.run(_measure(kubeconfig, int(watches), int(kib)))
-        found["kib_per_watch"] = round((found["after_mb"] - found["before_mb"]) * 1024 / max(1, int(watches)), 1)
-        print(json.dumps(found))
+        print(json.dumps(asyncio.run(_measure(kubeconfig, int(watches), int(kib)))))
         return
     sizes = args.tls_read_kib or [64, 16]
     with LocalCluster(verbose=False) as cluster:

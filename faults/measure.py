@@ -164,6 +164,11 @@ def rss_growth(sampler: ProcessSampler, label: str, *, warm_up: float = 0.2, win
     }
 
 
+def since(when: float | None, start: float) -> float | None:
+    """Seconds from `start` to `when`; None when it never came."""
+    return None if when is None else when - start
+
+
 def resumed(
     found: Figures, waits: dict[str, float | None], what: str, *, target: float = RESUME_TARGET_SECONDS
 ) -> None:

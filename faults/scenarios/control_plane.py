@@ -147,7 +147,7 @@ def _resume_figures(found: Figures, trial: Trial, user: str, fault: float, since
         if not remaining:
             continue
         request = trial.audit.first_drain_request(user, node, after=since)
-        seen = [w for w in (_minus(request, since), _minus(queue_resumed, room)) if w is not None]
+        seen = [w for w in (measure.since(request, since), measure.since(queue_resumed, room)) if w is not None]
         waits[node] = min(seen) if seen else None
     if not waits:
         found.details["resume"] = "every pod had been evicted before the fault"
@@ -166,9 +166,6 @@ def _budget_room(trial: Trial, since: float) -> float:
     return since
 
 
-def _minus(when: float | None, start: float) -> float | None:
-    return None if when is None else when - start
-
-
-def _after(when: float | None, since: float) -> float | None:
-    return None if when is None else round(when - since, 1)
+def _after(when: float | None, start: float) -> float | None:
+    seconds = measure.since(when, start)
+    return None if seconds is None else round(seconds, 1)

@@ -33,7 +33,7 @@ def kill_restart(env: Environment, opts: Options) -> Figures:
     trial.settle()
     found = trial.finish(serving=[second])
     waits = {
-        node: _since(trial.audit.first_drain_request(second.user, node, after=second.started), second.ready)
+        node: measure.since(trial.audit.first_drain_request(second.user, node, after=second.started), second.ready)
         for node in unfinished
     }
     measure.resumed(found, waits, "restarted process ready → its first request for each unfinished node's pods")
@@ -62,7 +62,8 @@ def rolling_update(env: Environment, opts: Options) -> Figures:
     trial.settle()
     found = trial.finish(serving=[new])
     waits = {
-        node: _since(trial.audit.first_drain_request(new.user, node, after=terminated), exited) for node in unfinished
+        node: measure.since(trial.audit.first_drain_request(new.user, node, after=terminated), exited)
+        for node in unfinished
     }
     measure.resumed(found, waits, "old process exited → the new one's first request for each unfinished node's pods")
     found.details.update(
@@ -178,7 +179,7 @@ def own_node(env: Environment, opts: Options) -> Figures:
         trial.settle()
         found = trial.finish(serving=serving)
         waits = {
-            node: _since(trial.audit.first_drain_request(replacement.user, node, after=terminated), exited)
+            node: measure.since(trial.audit.first_drain_request(replacement.user, node, after=terminated), exited)
             for node in unfinished
         }
         measure.resumed(
@@ -223,10 +224,6 @@ def _place_own_pod(env: Environment, node: str, name: str) -> str:
         time.sleep(0.2)
     say("own-node: spotq's pod did not turn Running; the scenario goes on")
     return name
-
-
-def _since(when: float | None, start: float) -> float | None:
-    return None if when is None else when - start
 
 
 def _earliest(stamps: list[float | None], start: float) -> float | None:

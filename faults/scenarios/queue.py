@@ -46,7 +46,7 @@ def _outage(
     ready = trial.sampler.ready_again(proc.label, ended)
     receive = env.sqs.proxy.receiving_again(ended)
     measure.resumed(
-        found, {"receiving": None if receive is None else receive - ended},
+        found, {"receiving": measure.since(receive, ended)},
         "endpoint back → a ReceiveMessage of spotq's pending that succeeds (at the proxy)",
     )  # fmt: skip
     # Not-ready while it cannot receive, ready again once it can (issue 11's "reports not-ready while it cannot work").

@@ -120,8 +120,16 @@ class Audit:
             spans[r.user] = (min(first, r.received), max(last, r.completed))
         return spans
 
-    def first_drain_request(self, user: str, node: str, after: float = 0.0) -> float | None:
-        return next((r.received for r in self.drain_requests(node) if r.user == user and r.received >= after), None)
+    def first_drain_request(self, user: str, node: str, after: float = 0.0, *, answered: bool = False) -> float | None:
+        """When `user` first asked for `node`'s pods from `after` on (`answered`: and was answered with a 2xx)."""
+        return next(
+            (
+                r.received
+                for r in self.drain_requests(node)
+                if r.user == user and r.received >= after and (not answered or 200 <= r.code < 300)
+            ),
+            None,
+        )
 
     def first_request(self, user: str, after: float = 0.0) -> float | None:
         return next((r.received for r in self.requests if r.user == user and r.received >= after), None)

@@ -15,8 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from faults import apiserver, measure
+from faults.audit import Audit
 from faults.env import Environment, Spotq
-from faults.measure import Figures
+from faults.measure import Figures, Interruption
+from faults.observe import BudgetSeen
 from faults.trial import Options, Trial
 
 
@@ -33,10 +35,11 @@ class Hit:
 
 def _mid_wave(
     env: Environment, opts: Options, name: str, title: str, fault: Callable[[Spotq], tuple[float, float]],
-    over: str, *, revocable: bool = False,
+    over: str, *, revocable: bool = False, restarted: bool = False,
 ) -> Hit:  # fmt: skip
     """One spotq process, a wave, `fault(proc)` 0.3 of the way into it (returning when it began and was over),
-    the wave settled; resume measured from `over` (named by `over`'s text)."""
+    the wave settled; resume measured from `over` (named by `over`'s text). `restarted`: the fault ends in a new
+    API server, so whatever was answered after the fault began was answered by it (see resume_waits)."""
     trial = Trial(env, opts, name, title)
     proc = env.spotq("spotq-0", revocable=revocable)
     trial.interrupt()
@@ -44,7 +47,7 @@ def _mid_wave(
     began, ended = fault(proc)
     trial.settle()
     found = trial.finish(serving=[proc])
-    _resume_figures(found, trial, proc.user, began, ended, over)
+    _resume_figures(found, trial, proc.user, began, ended, over, served_from=began if restarted else ended)
     found.details["ready_again_after_seconds"] = _after(trial.sampler.ready_again(proc.label, ended), ended)
     return Hit(found, trial, proc, began, ended)
 
@@ -72,7 +75,7 @@ def apiserver_restart(env: Environment, opts: Options) -> Figures:
         return killed, apiserver.restart(env.kube)
 
     title = "kube-apiserver kill -9 mid-wave, then restart"
-    hit = _mid_wave(env, opts, "apiserver-restart", title, fault, "restarted API server ready")
+    hit = _mid_wave(env, opts, "apiserver-restart", title, fault, "restarted API server ready", restarted=True)
     hit.found.details["down_seconds"] = round(hit.over - hit.began, 1)
     return hit.found
 
@@ -128,27 +131,13 @@ def token_revoked(env: Environment, opts: Options) -> Figures:
     return hit.found
 
 
-def _resume_figures(found: Figures, trial: Trial, user: str, fault: float, since: float, what: str) -> None:
-    """Resume, for each node with pods not yet evicted when the fault began, after the API server is back
-    (`since`): spotq's first request for the node's pods, or its first eviction of a pod the fault left under the
-    wave's one PodDisruptionBudget, counted from when that budget had room again. A node whose pods wait their turn
-    in the budget has resumed when the budget's queue has; and while the budget allows nothing (every disruption
-    spent, the replacements not yet counted Ready by a control plane catching up on its own restart) no handler
-    can evict: that wait is the cluster's, kept apart as `budget_room_after_seconds`."""
-    accepted = trial.audit.accepted(trial.wave.namespace)
-    left = {
-        item.node: {pod for pod in item.pods if not any(e.at < fault for e in accepted.get(pod, []))}
-        for item in trial.interruptions
-    }
-    room = _budget_room(trial, since)
-    queue_resumed = trial.audit.first_eviction(user, after=room, pods=set[str]().union(*left.values()))
-    waits: dict[str, float | None] = {}
-    for node, remaining in left.items():
-        if not remaining:
-            continue
-        request = trial.audit.first_drain_request(user, node, after=since)
-        seen = [w for w in (measure.since(request, since), measure.since(queue_resumed, room)) if w is not None]
-        waits[node] = min(seen) if seen else None
+def _resume_figures(
+    found: Figures, trial: Trial, user: str, fault: float, since: float, what: str, *, served_from: float
+) -> None:
+    waits, room = resume_waits(
+        trial.audit, trial.interruptions, trial.poller.budgets, user,
+        namespace=trial.wave.namespace, fault=fault, since=since, served_from=served_from,
+    )  # fmt: skip
     if not waits:
         found.details["resume"] = "every pod had been evicted before the fault"
     found.details["budget_room_after_seconds"] = round(room - since, 1)
@@ -156,10 +145,42 @@ def _resume_figures(found: Figures, trial: Trial, user: str, fault: float, since
     measure.resumed(found, waits, f"{what} → {how}")
 
 
-def _budget_room(trial: Trial, since: float) -> float:
+def resume_waits(
+    audit: Audit, interruptions: list[Interruption], budgets: dict[str, BudgetSeen], user: str, *,
+    namespace: str, fault: float, since: float, served_from: float,
+) -> tuple[dict[str, float | None], float]:  # fmt: skip
+    """Resume, for each node with pods not yet evicted when the fault began, after the API server is back
+    (`since`): spotq's first answered request for the node's pods, or its first eviction of a pod the fault left
+    under the wave's one PodDisruptionBudget, counted from when that budget had room again. A node whose pods wait
+    their turn in the budget has resumed when the budget's queue has; and while the budget allows nothing (every
+    disruption spent, the replacements not yet counted Ready by a control plane catching up on its own restart) no
+    handler can evict: that wait is the cluster's, returned as the time the budget had room.
+
+    `served_from`: from when an answered request counts. A restarted API server serves requests before its /readyz
+    says ok (its post-start hooks still running), so after a restart every request answered since the kill counts
+    (a node resumed before /readyz said ok has a negative wait); after a pause or a revoked token, from `since`.
+    A refused request (403 from an authorizer not yet synced) is not a resume."""
+    accepted = audit.accepted(namespace)
+    left = {
+        item.node: {pod for pod in item.pods if not any(e.at < fault for e in accepted.get(pod, []))}
+        for item in interruptions
+    }
+    room = _budget_room(budgets, since)
+    queue_resumed = audit.first_eviction(user, after=room, pods=set[str]().union(*left.values()))
+    waits: dict[str, float | None] = {}
+    for node, remaining in left.items():
+        if not remaining:
+            continue
+        request = audit.first_drain_request(user, node, after=served_from, answered=True)
+        seen = [w for w in (measure.since(request, since), measure.since(queue_resumed, room)) if w is not None]
+        waits[node] = min(seen) if seen else None
+    return waits, room
+
+
+def _budget_room(budgets: dict[str, BudgetSeen], since: float) -> float:
     """When, from `since` on, the wave's budget first allowed a disruption (currentHealthy > desiredHealthy), as the
     cluster poll saw it; `since` when it did then, or when no sample says otherwise."""
-    for budget in trial.poller.budgets.values():
+    for budget in budgets.values():
         before = [sample for sample in budget.samples if sample[0] <= since]
         if before and before[-1][1] <= before[-1][2]:
             return next((t for t, healthy, desired in budget.samples if t > since and healthy > desired), since)

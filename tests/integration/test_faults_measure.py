@@ -13,6 +13,7 @@ from faults import measure, report
 from faults.audit import Audit
 from faults.measure import Interruption
 from faults.observe import BudgetSeen, NodeSeen, ProcessSample, ProcessSampler
+from faults.scenarios import control_plane
 
 T0 = 1_800_000_000.0
 A = "system:serviceaccount:spotq-system:spotq-0-p1"
@@ -112,6 +113,34 @@ def test_an_interruption_is_lost_only_when_its_last_message_goes_while_a_later_p
     assert lost({"m1": T0 + 10, "m2": T0 + 25}) == 1  # the last copy gone while a pod is left
     assert lost({"m1": T0 + 10, "m2": T0 + 31}) == 0  # gone after the node was empty
     assert lost({"m1": T0 + 10, "m2": T0 + 125}) == 0  # gone after the deadline
+
+
+def test_a_restarted_api_server_counts_the_drains_it_served_before_its_readyz_said_ok(tmp_path: Path) -> None:
+    """kill -9 at +12 s, /readyz ok at +16.2 s; the restarted API server answers from +14.96 on (its post-start
+    hooks still running), refusing some requests with 403 at first. Seen in CI: every node resumed before /readyz
+    said ok, and the report said none ever resumed."""
+    user = "system:serviceaccount:spotq:spotq-0-p1"
+    uri = "/api/v1/pods?fieldSelector=spec.nodeName%3D{}&watch=true"
+    audit = audit_of(
+        tmp_path,
+        [
+            event(user, "watch", uri.format("n1"), "pods", 15.84, done=26.4),  # answered before /readyz said ok
+            event(user, "watch", uri.format("n2"), "pods", 15.01, done=15.08, code=403),  # refused: not a resume
+            event(user, "watch", uri.format("n2"), "pods", 16.35, done=35.4),
+            evict(user, "web-1", 15.9),
+        ],
+    )
+    items = [Interruption("n1", "i-1", T0, [], {"wave/web-1"}), Interruption("n2", "i-2", T0, [], {"wave/web-2"})]
+
+    def waits(served_from: float) -> dict[str, float | None]:
+        found, _ = control_plane.resume_waits(
+            audit, items, {}, user, namespace="wave", fault=T0 + 12, since=T0 + 16.2, served_from=served_from
+        )
+        return {node: None if w is None else round(w, 2) for node, w in found.items()}
+
+    assert waits(served_from=T0 + 12) == {"n1": -0.36, "n2": 0.15}
+    # counted only from /readyz ok (as a pause or a new token is), n1 never resumed: what the report said
+    assert waits(served_from=T0 + 16.2) == {"n1": None, "n2": 0.15}
 
 
 def test_budget_violations_count_episodes_below_desired_healthy() -> None:

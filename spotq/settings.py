@@ -146,7 +146,10 @@ class PolicySettings(_Group):
 
 class DrainSettings(_Group):
     max_concurrent_nodes: int = Field(
-        500, ge=1, description="Nodes drained at once (earliest deadline first); the rest wait their turn."
+        250,
+        ge=1,
+        description="Nodes drained at once (earliest deadline first); the rest wait their turn. Each holds a pod "
+        "watch (a connection, ~130 KiB of RSS, and a watcher the API server filters every pod change for).",
     )
     max_concurrent_evictions: int = Field(1000, ge=1, description="Eviction requests in flight across all nodes.")
     timeout_seconds: float = Field(

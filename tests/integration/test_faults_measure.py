@@ -119,7 +119,7 @@ def test_a_restarted_api_server_counts_the_drains_it_served_before_its_readyz_sa
     """kill -9 at +12 s, /readyz ok at +16.2 s; the restarted API server answers from +14.96 on (its post-start
     hooks still running), refusing some requests with 403 at first. Seen in CI: every node resumed before /readyz
     said ok, and the report said none ever resumed."""
-    user = "system:serviceaccount:spotq:spotq-0-p1"
+    user = A
     uri = "/api/v1/pods?fieldSelector=spec.nodeName%3D{}&watch=true"
     audit = audit_of(
         tmp_path,

@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bench import procstat
+from bench import budget_slack, procstat
 
 # Spot's two-minute warning: the window a drain must fit in, s after the event's time.
 WINDOW_SECONDS = 120
@@ -94,6 +94,8 @@ def phase(
             "on_interrupted": [(round(t - start, 2), c) for t, c in _thin(snap.get("on_interrupted") or [])],
         },
         "watch_errors": snap["watch_errors"],
+        # Who held the evictions back in the window: the PDBs (budget-bound) or the contender (allowance unused).
+        "budget_use": budget_slack.use(snap.get("budget_slack") or [], start, event_time + WINDOW_SECONDS),
         "who": who,
     }
 

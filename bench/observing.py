@@ -3,7 +3,7 @@
 Per interrupted node: when it carried the taint and was cordoned, and when its last pod was gone (drained).
 Cluster-wide: how many workload pods are Running+Ready on the remaining nodes over time (capacity), how many are
 still bound to an interrupted node over time (what the deadline would kill), and the lowest healthy count every PDB
-and Deployment reached (PDB safety).
+and Deployment reached (PDB safety); per PDB, its allowance against its pods still waiting (`budget_slack`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.budget_slack import BudgetSlack
 from bench.watching import JSON, Watch
 
 
@@ -67,6 +68,7 @@ class Observer:
     capacity_restored: float | None = None
     on_interrupted: list[tuple[float, int]] = field(default_factory=list)  # (time, pods bound to interrupted nodes)
     started: float = 0.0
+    slack: BudgetSlack = field(default_factory=BudgetSlack)  # budgets' allowance against pods waiting for it
     _pod_node: dict[str, str] = field(default_factory=dict)
     _pod_ready: dict[str, bool] = field(default_factory=dict)
     _live: dict[str, set[str]] = field(default_factory=dict)
@@ -100,6 +102,7 @@ class Observer:
             self._counting = True
             self.capacity.append((when, self._ready_remaining))
             self.on_interrupted.append((when, self._bound_interrupted))
+            self.slack.begin(when)
 
     def stop(self) -> None:
         for watch in self._watches:
@@ -151,6 +154,9 @@ class Observer:
                 ready = _ready(pod)
                 self._pod_ready[uid] = ready
                 now_ready = ready and bool(node) and node not in self.interrupted
+            waits = kind != "DELETED" and node in self.interrupted and not meta.get("deletionTimestamp")
+            # The layout's PDBs are named for the app label of the pods they cover.
+            self.slack.pod(uid, (meta.get("labels") or {}).get("app"), waits, stamp, self._counting)
             if now_ready != was_ready:
                 self._ready_remaining += 1 if now_ready else -1
                 if self._counting:
@@ -180,6 +186,7 @@ class Observer:
         if kind == "DELETED" or "currentHealthy" not in status:
             return
         with self._lock:
+            self.slack.budget(name, int(status.get("disruptionsAllowed", 0)), stamp, self._counting)
             low = self.pdbs.setdefault(name, PdbLow())
             low.desired_healthy = int(status.get("desiredHealthy", 0))
             if not self._counting:
@@ -233,4 +240,5 @@ class Observer:
                 "capacity_restored": self.capacity_restored,
                 "on_interrupted": list(self.on_interrupted),
                 "watch_errors": sum(w.errors for w in self._watches),
+                "budget_slack": list(self.slack.series),
             }

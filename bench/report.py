@@ -104,6 +104,13 @@ def _ready_cell(phase: dict[str, Any], scale: dict[str, Any]) -> str:
     return _num(ready_at(phase, scale["nodes"] * scale["pods_per_node"]), "{:.0%}")
 
 
+def _budget_use(phase: dict[str, Any], scale: dict[str, Any]) -> str:
+    use = phase.get("budget_use") or {}
+    if use.get("unused_allowance_mean") is None:
+        return "-"
+    return f"{use['unused_allowance_mean']:.1f} ({_num(use.get('budget_bound_share'), '{:.0%}')})"
+
+
 def _load(phase: dict[str, Any], scale: dict[str, Any]) -> str:
     return f"{_num(phase.get('load_average_before'))} → {_num(phase.get('load_average_after'))}"
 
@@ -144,6 +151,8 @@ ROWS = (
     Row("API requests per evicted pod (audit log)", _plain("requests_per_evicted_pod"),
         _key("requests_per_evicted_pod")),
     Row("API requests (audit log)", _plain("requests.total"), _key("requests.total")),
+    Row("PDB allowance unused while pods waited, mean evictions open (share of the waiting time every PDB with "
+        "waiting pods allowed none)", _budget_use),
     Row("PDB violations (lowest currentHealthy - desiredHealthy)",
         lambda p, s: f"{_num(p.get('pdb_violations'))} ({_num(p.get('pdb_lowest_margin'))})"),
     Row("CPU seconds / peak RSS MB of the handler", _cpu_rss),

@@ -47,6 +47,8 @@ def _matches(selector: JSON | None, labels: Mapping[str, str]) -> bool:
 # inside the API server, which retries each loser after 500 ms (EvictionsRetry). A few at a time keep the server
 # busy through those pauses without turning most of its work into conflicts (measured: bench/README.md).
 IN_FLIGHT_PER_BUDGET = 4
+# covering()'s remembered answers, at most.
+_COVERS_KEPT = 10_000
 
 
 class _Budget:
@@ -79,6 +81,10 @@ class Budgets:
     def __init__(self) -> None:
         self._budgets: dict[BudgetKey, _Budget] = {}
         self._by_namespace: dict[str, set[str]] = {}
+        # covering()'s answers by (namespace, pod labels): a wave's pods share a few label sets, and matching each
+        # pod against every budget of its namespace was most of a wave's CPU here (py-spy). Emptied whenever a
+        # budget is added or removed or its selector changes; a status update (every eviction) keeps it.
+        self._covers: dict[tuple[str, frozenset[tuple[str, str]]], BudgetKey | None] = {}
         self.active = False  # True while the watch keeps `_budgets` current
 
     # -- fed by the watch ---------------------------------------------------------------------------------------
@@ -87,10 +93,14 @@ class Budgets:
         meta = pdb.get("metadata") or {}
         key = (meta.get("namespace", ""), meta.get("name", ""))
         budget = self._budgets.get(key)
+        selector = (pdb.get("spec") or {}).get("selector")
         if budget is None:
-            budget = self._budgets[key] = _Budget(None)
+            budget = self._budgets[key] = _Budget(selector)
+            self._covers.clear()
+        elif budget.selector != selector:
+            self._covers.clear()
         self._by_namespace.setdefault(key[0], set()).add(key[1])
-        budget.selector = (pdb.get("spec") or {}).get("selector")
+        budget.selector = selector
         status = pdb.get("status") or {}
         observed = status.get("observedGeneration", 0) >= meta.get("generation", 0)
         budget.allowed = int(status.get("disruptionsAllowed", 0)) if observed else None
@@ -101,6 +111,7 @@ class Budgets:
     def remove(self, namespace: str, name: str) -> None:
         budget = self._budgets.pop((namespace, name), None)
         self._by_namespace.get(namespace, set()).discard(name)
+        self._covers.clear()
         if budget is not None:
             budget.waiters.open()  # nothing guards these pods any more: let them try
 
@@ -123,12 +134,19 @@ class Budgets:
 
     def covering(self, namespace: str, labels: Mapping[str, str]) -> BudgetKey | None:
         """The one budget that covers a pod; None for none, or for several (the Eviction API refuses those)."""
+        cache_key = (namespace, frozenset(labels.items()))
+        if cache_key in self._covers:
+            return self._covers[cache_key]
         found = [
             (namespace, name)
             for name in self._by_namespace.get(namespace, ())
             if _matches(self._budgets[(namespace, name)].selector, labels)
         ]
-        return found[0] if len(found) == 1 else None
+        cover = found[0] if len(found) == 1 else None
+        if len(self._covers) >= _COVERS_KEPT:
+            self._covers.clear()  # every rollout brings a new pod-template-hash: keep the memory bounded
+        self._covers[cache_key] = cover
+        return cover
 
     def admitted(self, key: BudgetKey | None, pod: str) -> bool:
         """The budget lists `pod` among its disrupted pods: the API server admitted an eviction of it (the

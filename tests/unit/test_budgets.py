@@ -46,6 +46,29 @@ def test_a_pod_is_covered_by_exactly_one_matching_budget() -> None:
     assert budgets.covering("other", {"app": "web"}) is None
 
 
+def test_the_covering_budget_follows_budgets_added_removed_and_reselected(monkeypatch: pytest.MonkeyPatch) -> None:
+    budgets = Budgets()
+    budgets.update(pdb("web", 1))
+    calls: list[str] = []
+    real = budgets_module._matches
+    monkeypatch.setattr(budgets_module, "_matches", lambda sel, labels: calls.append("m") or real(sel, labels))
+    web = {"app": "web", "pod-template-hash": "abc"}
+    assert budgets.covering("app", web) == ("app", "web")
+    budgets.update(pdb("web", 0))  # a status update (every eviction) changes no selector
+    for _ in range(100):
+        assert budgets.covering("app", dict(web)) == ("app", "web")
+    assert len(calls) == 1  # a wave's pods share a label set: matched once, not once per pod
+    budgets.update(pdb("all", 1, labels={}))  # a second budget over the same pods: the API refuses, we do not gate
+    assert budgets.covering("app", web) is None
+    budgets.remove("app", "all")
+    assert budgets.covering("app", web) == ("app", "web")
+    budgets.update(pdb("web", 1, labels={"app": "db"}))  # its selector changed: it covers other pods now
+    assert budgets.covering("app", web) is None
+    assert budgets.covering("app", {"app": "db"}) == ("app", "web")
+    budgets.replace_all([pdb("db", 1)])  # a relist without "web"
+    assert budgets.covering("app", {"app": "db"}) == ("app", "db")
+
+
 async def test_evictions_wait_for_room_earliest_deadline_then_earliest_drain_first() -> None:
     budgets = Budgets()
     budgets.active = True

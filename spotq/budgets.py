@@ -82,8 +82,9 @@ class Budgets:
         self._budgets: dict[BudgetKey, _Budget] = {}
         self._by_namespace: dict[str, set[str]] = {}
         # covering()'s answers by (namespace, pod labels): a wave's pods share a few label sets, and matching each
-        # pod against every budget of its namespace was most of a wave's CPU here (py-spy). Emptied whenever a
-        # budget is added or removed or its selector changes; a status update (every eviction) keeps it.
+        # pod against every budget of its namespace was 8.6 % of spotq's CPU samples in a 200x20 wave's first 6 s
+        # (py-spy). Emptied whenever a budget is added or removed or its selector changes; a status update (every
+        # eviction) keeps it.
         self._covers: dict[tuple[str, frozenset[tuple[str, str]]], BudgetKey | None] = {}
         self.active = False  # True while the watch keeps `_budgets` current
 

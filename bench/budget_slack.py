@@ -3,10 +3,10 @@
 Per budget the observer keeps what its status allows now (`disruptionsAllowed`) and how many of its pods still wait
 on an interrupted node (bound there, not yet terminating). The smaller of the two is allowance no accepted eviction
 has used yet (an eviction under way counts as unused until the API server accepts it). Summed over the budgets it
-is a step series; `use` integrates it over the window. A contender that evicts as fast as the budgets let it keeps the unused
-allowance near 0 and is budget-bound nearly all the time its pods wait: then only a faster turnover of the cluster
-(replacements scheduled and Ready, the disruption controller's recount) gets more pods out, not another eviction
-order.
+is a step series; `use` integrates it over the window. A contender that evicts as fast as the budgets let it keeps
+the unused allowance near 0 and is budget-bound nearly all the time its pods wait: then only a faster turnover of
+the cluster (replacements scheduled and Ready, the disruption controller's recount) gets more pods out, not another
+eviction order.
 """
 
 from __future__ import annotations

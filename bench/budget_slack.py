@@ -27,19 +27,31 @@ class BudgetSlack:
     waiting: dict[str, int] = field(default_factory=dict)  # budget → its pods waiting on interrupted nodes
     series: list[Point] = field(default_factory=list)
     _pod_waits: dict[str, str] = field(default_factory=dict)  # pod uid → its budget, while it waits
+    _unused_total: int = 0  # the sum of _unused over the budgets, kept as each one changes
+    _waiting_total: int = 0
 
     def _unused(self, budget: str) -> int:
         return min(max(self.allowed.get(budget, 0), 0), self.waiting.get(budget, 0))
 
+    def _change(self, budget: str, allowed: int | None = None, waiting: int = 0) -> None:
+        """Set a budget's allowance and/or move its waiting count, keeping the totals."""
+        before = self._unused(budget)
+        if allowed is not None:
+            self.allowed[budget] = allowed
+        if waiting:
+            self.waiting[budget] = self.waiting.get(budget, 0) + waiting
+            self._waiting_total += waiting
+        self._unused_total += self._unused(budget) - before
+
     def _record(self, stamp: float, counting: bool) -> None:
         if not counting:
             return
-        point = (stamp, sum(self._unused(b) for b in self.waiting), sum(self.waiting.values()))
+        point = (stamp, self._unused_total, self._waiting_total)
         if not self.series or self.series[-1][1:] != point[1:]:
             self.series.append(point)
 
     def budget(self, name: str, allowed: int, stamp: float, counting: bool) -> None:
-        self.allowed[name] = allowed
+        self._change(name, allowed=allowed)
         self._record(stamp, counting)
 
     def pod(self, uid: str, budget: str | None, waits: bool, stamp: float, counting: bool) -> None:
@@ -49,10 +61,10 @@ class BudgetSlack:
         if before == now:
             return
         if before is not None:
-            self.waiting[before] -= 1
+            self._change(before, waiting=-1)
             del self._pod_waits[uid]
         if now is not None:
-            self.waiting[now] = self.waiting.get(now, 0) + 1
+            self._change(now, waiting=1)
             self._pod_waits[uid] = now
         self._record(stamp, counting)
 

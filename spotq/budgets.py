@@ -95,11 +95,10 @@ class Budgets:
         key = (meta.get("namespace", ""), meta.get("name", ""))
         budget = self._budgets.get(key)
         selector = (pdb.get("spec") or {}).get("selector")
+        if budget is None or budget.selector != selector:
+            self._covers.clear()
         if budget is None:
             budget = self._budgets[key] = _Budget(selector)
-            self._covers.clear()
-        elif budget.selector != selector:
-            self._covers.clear()
         self._by_namespace.setdefault(key[0], set()).add(key[1])
         budget.selector = selector
         status = pdb.get("status") or {}

@@ -51,6 +51,8 @@ class ActorConfig:
     """SPOTQ_DRAIN__LIFECYCLE_COMPLETE_DELAY_SECONDS: a pause before completing a terminate hook, in its deadline."""
     evict_own_pod: bool = False
     """SPOTQ_DRAIN__EVICT_OWN_POD: once spotq's own node is drained, evict spotq's own pod so it is rescheduled."""
+    release_slot_when_quiet: bool = False
+    """SPOTQ_DRAIN__SHARED_GRACE_WATCH: a drain gives its slot up once only its pods' grace is left."""
 
 
 class Actor:
@@ -302,6 +304,7 @@ class Actor:
             budgets=self._budgets,
             options=self._config.drain,
             evict_own_pod=self._config.evict_own_pod,
+            release_slot_when_quiet=self._config.release_slot_when_quiet,
             replicas=self._replicas,
             after_marks=self._after_marks,
             announce=self._announce,

@@ -152,7 +152,7 @@ async def open_core(
     events: EventSink = EventRecorder(kube) if notifier is None else notifier.wrap(EventRecorder(kube))
     actor = acting.Actor(
         writer=writer,
-        pods=PodClient(kube),
+        pods=PodClient(kube, shared_grace_watch=settings.drain.shared_grace_watch),
         events=events,
         lifecycle=lifecycle,
         index=index,
@@ -162,6 +162,7 @@ async def open_core(
             heartbeat_seconds=settings.drain.lifecycle_heartbeat_seconds,
             complete_delay_seconds=settings.drain.lifecycle_complete_delay_seconds,
             evict_own_pod=settings.drain.evict_own_pod,
+            release_slot_when_quiet=settings.drain.shared_grace_watch,
         ),
         drain_slots=DeadlineSlots(settings.drain.max_concurrent_nodes),
         evictions=asyncio.Semaphore(settings.drain.max_concurrent_evictions),

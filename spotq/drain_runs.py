@@ -35,6 +35,8 @@ class DrainRun:
     budgets: Budgets | None
     options: DrainOptions
     evict_own_pod: bool
+    release_slot_when_quiet: bool
+    """Give the drain slot up once only the pods' grace is left (draining's `on_quiet`)."""
     replicas: Replicas | None
     after_marks: Callable[[], Awaitable[None]]
     """Waits (bounded) until no node is being marked: marks go out first."""
@@ -54,7 +56,7 @@ class DrainRun:
         loop = asyncio.get_running_loop()
         await self.after_marks()
         asked = loop.time()
-        async with self.slots.hold(deadline.at):
+        async with self.slots.hold(deadline.at) as release:
             started = loop.time()
             metrics.DRAINS_IN_FLIGHT.inc()
             try:
@@ -73,6 +75,7 @@ class DrainRun:
                         self.evictions,
                         self.budgets,
                         on_evicted=on_evicted,
+                        on_quiet=release if self.release_slot_when_quiet else None,
                     )
                     for side in (heartbeats, fence):
                         if side is not None:

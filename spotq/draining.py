@@ -1,7 +1,9 @@
 """Drain one node the way `kubectl drain` does, inside the notice's deadline (which a later notice may move earlier).
 
 Pods are evicted concurrently through the Eviction API; deletions are awaited on one watch per node (not by
-polling each pod), and pods bound to the node after the first look arrive on that watch and are evicted too; a pod
+polling each pod), and pods bound to the node after the first look arrive on that watch and are evicted too; once
+every eviction is accepted and the settle period is over, the drain is "quiet" (`on_quiet`): what is left is
+waiting for the pods' grace, which the PodApi may follow on a watch shared with other quiet drains; a pod
 whose PodDisruptionBudget allows no disruption now waits for the budget to make room (budgets.Budgets, earliest
 deadline first) instead of asking again and again; a refusal (429) that still happens backs off and retries; if
 enabled, a pod still blocked that long before the deadline is deleted instead; at the deadline the drain stops and
@@ -215,13 +217,16 @@ async def drain(
     evictions: asyncio.Semaphore,
     budgets: Budgets | None = None,
     on_evicted: Callable[[Pod], None] | None = None,
+    on_quiet: Callable[[], None] | None = None,
 ) -> DrainReport:
     """Evict every pod that should go, including pods bound to the node meanwhile, and wait until they are gone
     (and at least `options.settle_seconds` since the start), or until the deadline (loop time; a DrainDeadline can
     be moved earlier while the drain runs). `on_evicted` is called once per pod UID whose eviction (or forced
-    delete) the API server accepted, at once (it must not block)."""
+    delete) the API server accepted, at once (it must not block). `on_quiet` is called once, if ever, when the
+    settle period is over and every pod still there has its eviction accepted (only their grace is left); the
+    node's watch is then told that only deletions matter (PodApi.follow_node's `quiet`)."""
     due = deadline if isinstance(deadline, DrainDeadline) else DrainDeadline(deadline)
-    return await _Drain(node, due, api, options, evictions, budgets or Budgets(), on_evicted).run()
+    return await _Drain(node, due, api, options, evictions, budgets or Budgets(), on_evicted, on_quiet).run()
 
 
 class _Drain:
@@ -236,9 +241,13 @@ class _Drain:
         evictions: asyncio.Semaphore,
         budgets: Budgets,
         on_evicted: Callable[[Pod], None] | None = None,
+        on_quiet: Callable[[], None] | None = None,
     ) -> None:
         self.due = due
         self.on_evicted = on_evicted
+        self.on_quiet = on_quiet
+        self.quiet = asyncio.Event() if on_quiet is not None else None
+        self.settled_at = 0.0
         self.reported: set[str] = set()  # UIDs handed to on_evicted: one call per pod and drain
         self.api = api
         self.options = options
@@ -248,6 +257,7 @@ class _Drain:
         self.report = DrainReport(node)
         self.pending: dict[str, tuple[str, str]] = {}  # pod UID → (pod key, why it is not gone yet)
         self.working: set[str] = set()  # UIDs whose eviction or wait has not ended
+        self.terminating: set[str] = set()  # UIDs of `working` past their eviction: waiting until they are gone
         self.removals: list[asyncio.Task[None]] = []
         self.arrived = asyncio.Event()
         self.ordinary: set[str] = set()  # UIDs of ordinary (not system-critical) pods whose removal has not ended
@@ -258,15 +268,18 @@ class _Drain:
 
     async def run(self) -> DrainReport:
         loop = asyncio.get_running_loop()
-        settled_at = loop.time() + self.options.settle_seconds
+        self.settled_at = settled_at = loop.time() + self.options.settle_seconds
         self.watcher = _Watcher(self._take, self._arrival)
         watch_task: asyncio.Task[None] | None = None
+        settle_timer = loop.call_at(settled_at, self._check_quiet) if self.quiet is not None else None
         try:
             with self.due.on_move(lambda at: self.budgets.reorder(self.number, at)):
                 async with self.due.timeout(), asyncio.TaskGroup() as group:
                     self.group = group
                     watch_task = group.create_task(
-                        self.api.follow_node(self.report.node, self.watcher.on_list, self.watcher.on_event)
+                        self.api.follow_node(
+                            self.report.node, self.watcher.on_list, self.watcher.on_event, quiet=self.quiet
+                        )
                     )
                     await self.watcher.listed.wait()  # the first look: its pods are taken (_take) by then
                     await self._settle(settled_at)
@@ -276,6 +289,8 @@ class _Drain:
             # whose pods could never be listed is not known to be empty.
             self.report.timed_out = bool(self.working) or not self.watcher.listed.is_set()
         finally:
+            if settle_timer is not None:
+                settle_timer.cancel()
             if watch_task is not None:
                 watch_task.cancel()
         self.report.blocked.update(dict(self.pending.values()))
@@ -296,6 +311,16 @@ class _Drain:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(left):
                     await self.arrived.wait()
+
+    def _check_quiet(self) -> None:
+        """Quiet once the settle period is over and every pod still there is past its eviction."""
+        if self.quiet is None or self.quiet.is_set() or self.watcher is None or not self.watcher.listed.is_set():
+            return
+        if asyncio.get_running_loop().time() < self.settled_at or not self.working <= self.terminating:
+            return
+        self.quiet.set()
+        if self.on_quiet is not None:
+            self.on_quiet()
 
     def _arrival(self, pod: Pod) -> None:
         log.info("pod bound to the node during its drain", extra={"node": self.report.node, "pod": pod.key})
@@ -360,9 +385,12 @@ class _Drain:
                 self.on_evicted(pod)
         if result != "gone" and not pod.finished:
             self._note(pod, "terminating")
+            self.terminating.add(pod.uid)
+            self._check_quiet()
             await self.watcher.gone(pod.uid).wait()
         self.pending.pop(pod.uid, None)
         self.working.discard(pod.uid)
+        self.terminating.discard(pod.uid)
 
     async def _evict(self, pod: Pod) -> Literal["evicted", "forced", "gone", "refused"]:
         """Evict (or, near the deadline if allowed, delete) until accepted; "refused" when it never can be."""

@@ -120,10 +120,16 @@ class Pod:
 
 class PodApi(Protocol):
     async def follow_node(
-        self, node: str, on_list: Callable[[list[Pod]], None], on_event: Callable[[str, Pod], None]
+        self,
+        node: str,
+        on_list: Callable[[list[Pod]], None],
+        on_event: Callable[[str, Pod], None],
+        quiet: asyncio.Event | None = None,
     ) -> NoReturn:
         """Mirror the node's pods until cancelled: `on_list` gets every pod on the node, first and after every
-        relist (an expired watch, an interruption); `on_event` gets ADDED / MODIFIED / DELETED and the pod."""
+        relist (an expired watch, an interruption); `on_event` gets ADDED / MODIFIED / DELETED and the pod. Once
+        `quiet` is set the follower needs only the pods' deletions: the node's own watch may give way to one
+        shared with other quiet followers (DELETED events only from then on; a relist still goes to `on_list`)."""
         ...
 
     async def evict(self, pod: Pod, grace_seconds: int | None) -> None: ...

@@ -39,7 +39,11 @@ class FakePods:
         return pod
 
     async def follow_node(
-        self, node: str, on_list: Callable[[list[Pod]], None], on_event: Callable[[str, Pod], None]
+        self,
+        node: str,
+        on_list: Callable[[list[Pod]], None],
+        on_event: Callable[[str, Pod], None],
+        quiet: asyncio.Event | None = None,
     ) -> NoReturn:
         """Like watch-list: the node's pods, then every change, from one call (a "list" in `calls`)."""
         queue: asyncio.Queue[tuple[str, Pod]] = asyncio.Queue()

@@ -110,16 +110,20 @@ async def list_and_watch(
     on_lost: Callable[[], None] | None = None,
     backoff: Backoff = DEFAULT_BACKOFF,
     watch_list: WatchList | None = None,
+    on_version: Callable[[str], None] | None = None,
 ) -> NoReturn:
     """Mirror `resource` forever. `on_list` gets every item of a full list (consume it to the end; it may raise
     from a later page); `on_event` gets ADDED / MODIFIED / DELETED with the object; `on_lost` is called whenever
     the mirror stops being current (before the pause and relist). With `watch_list`, each list is the initial
-    state of a watch that then goes on, where the server allows it."""
+    state of a watch that then goes on, where the server allows it. `on_version` gets the resourceVersion the
+    mirror is at whenever it moves (after a list, after each event it was told of, at each bookmark)."""
     failures = 0
     told_denied = False
     while True:
         try:
             version, live = await _open(transport, resource, on_list, watch_list)
+            if on_version is not None:
+                on_version(version)
             if failures:
                 log.info("watch resumed", extra={"resource": resource.name})
             while True:
@@ -133,6 +137,8 @@ async def list_and_watch(
                         failures, progressed = 0, True
                         if kind in ("ADDED", "MODIFIED", "DELETED"):
                             await on_event(kind, obj)
+                        if on_version is not None:
+                            on_version(version)
                 if not progressed:  # not even a bookmark: resume, but a proxy that ends every watch at once
                     failures += 1  # must not make us spin
                     await backoff.pause(failures)

@@ -68,8 +68,9 @@ MESSAGES_RELEASED_ON_STOP = Counter(
 )
 WATCH_RESTARTS = Counter(
     "spotq_watch_restarts",
-    "List+watch loops interrupted and relisted, by resource (nodes, pdbs) and reason (expired, forbidden, "
-    "api_error, stream, network, unexpected).",
+    "List+watch loops interrupted and relisted, by resource (nodes, pdbs, pods; pods_deleted: the watch quiet drains "
+    "share) and reason (expired, forbidden, api_error, stream, network, unexpected; for pods_deleted also failed, "
+    "and behind: a drain's view older than the shared watch remembers).",
     ["resource", "reason"],
     registry=REGISTRY,
 )

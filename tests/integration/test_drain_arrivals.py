@@ -31,13 +31,17 @@ class WatchedPodClient(PodClient):
         self.opened = asyncio.Event()
 
     async def follow_node(
-        self, node: str, on_list: Callable[[list[Pod]], None], on_event: Callable[[str, Pod], None]
+        self,
+        node: str,
+        on_list: Callable[[list[Pod]], None],
+        on_event: Callable[[str, Pod], None],
+        quiet: asyncio.Event | None = None,
     ) -> NoReturn:
         def listed(pods: list[Pod]) -> None:
             on_list(pods)
             self.opened.set()
 
-        await super().follow_node(node, listed, on_event)
+        await super().follow_node(node, listed, on_event, quiet)
 
 
 def wait_gone(cluster: LocalCluster, namespace: str, name: str, uid: str, timeout: float = 30.0) -> None:

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from spotq import acting, drain_runs, planning, selectors
 from spotq.draining import DrainOptions
 from spotq.kube.marks import (
@@ -117,7 +119,7 @@ class FakeLifecycle:
 
 
 def make_actor(
-    pods: FakePods, heartbeat: float = 60.0, slots: int = 10
+    pods: FakePods, heartbeat: float = 60.0, slots: int = 10, release_slot_when_quiet: bool = False
 ) -> tuple[acting.Actor, FakeWriter, FakeEvents, FakeLifecycle]:
     index = NodeIndex(selectors.parse(""))
     index.apply(NODE_JSON)
@@ -128,7 +130,12 @@ def make_actor(
         events=events,
         lifecycle=lifecycle,
         index=index,
-        config=acting.ActorConfig("spotq.io", DrainOptions(retry_initial_seconds=0.02, settle_seconds=0.1), heartbeat),
+        config=acting.ActorConfig(
+            "spotq.io",
+            DrainOptions(retry_initial_seconds=0.02, settle_seconds=0.1),
+            heartbeat,
+            release_slot_when_quiet=release_slot_when_quiet,
+        ),
         drain_slots=DeadlineSlots(slots),
         evictions=asyncio.Semaphore(10),
     )
@@ -193,6 +200,27 @@ async def test_a_drain_that_queued_for_a_slot_says_so_in_its_closing_event() -> 
     await holder
     assert events.reasons == ["InterruptionNotice", "DrainFinished"]
     assert "after waiting 1s for a drain slot" in events.messages[-1]
+
+
+@pytest.mark.parametrize("release", [True, False], ids=["released-when-quiet", "held-to-the-end"])
+async def test_a_drain_gives_its_slot_to_the_next_node_once_only_grace_is_left(release: bool) -> None:
+    NOW = datetime.now(UTC)  # noqa: N806 - per test: a module-level clock goes stale in a long session
+    pods = FakePods(delete_delay_seconds=0.6)  # the pods' grace
+    pods.add("n1", "web-0")
+    actor, _, events, _ = make_actor(pods, slots=1, release_slot_when_quiet=release)
+    loop = asyncio.get_running_loop()
+    spot = SpotInterruption(
+        event_id="a", event_time=NOW, instance_ids=(INSTANCE,), deadline=NOW + timedelta(seconds=120)
+    )
+    drain = asyncio.create_task(act(actor, spot))
+    async with asyncio.timeout(2):
+        while not pods.call_times:  # the eviction was sent: the drain holds the one slot
+            await asyncio.sleep(0.01)
+    async with asyncio.timeout(3), actor._drain_slots.hold(loop.time() + 600):
+        got_slot_while_draining = not drain.done()
+    await drain
+    assert got_slot_while_draining is release
+    assert events.reasons[-1] == "DrainFinished"
 
 
 async def test_a_repeated_notice_changes_nothing() -> None:

@@ -409,3 +409,41 @@ async def test_without_leave_to_delete_pods_an_admitted_pod_waits_for_its_budget
     assert report.complete and report.evicted == ["ns/web-0"]
     assert [name for verb, name, _ in pods.calls if verb == "delete"] == ["web-0"]  # refused once, not again
     assert len(pods.evictions_of("web-0")) >= 1
+
+
+async def quiet_drain(pods: FakePods, options: DrainOptions) -> tuple[draining.DrainReport, list[float], float]:
+    """A drain of n1 with `on_quiet`: its report, when it went quiet (loop time) and when it ended."""
+    loop = asyncio.get_running_loop()
+    quiet: list[float] = []
+    report = await draining.drain(
+        "n1", loop.time() + 5, pods, options, asyncio.Semaphore(10), on_quiet=lambda: quiet.append(loop.time())
+    )
+    return report, quiet, loop.time()
+
+
+async def test_a_drain_goes_quiet_once_every_eviction_is_accepted_and_it_has_settled() -> None:
+    pods = FakePods(delete_delay_seconds=0.4)
+    pods.add("n1", "a")
+    pods.add("n1", "b")
+    start = asyncio.get_running_loop().time()
+    report, quiet, ended = await quiet_drain(pods, dataclasses.replace(FAST, settle_seconds=0.1))
+    assert report.complete and sorted(report.evicted) == ["ns/a", "ns/b"]
+    assert len(quiet) == 1
+    assert quiet[0] >= start + 0.1  # not before the settle period is over
+    assert quiet[0] >= max(pods.call_times)  # nor before the last eviction is accepted
+    assert quiet[0] < ended - 0.2  # but well before the pods' grace is over
+
+
+async def test_a_drain_is_not_quiet_while_a_pod_still_waits_for_its_budget() -> None:
+    pods = FakePods(delete_delay_seconds=0.05)
+    pods.add("n1", "a")
+    pods.add("n1", "b", group="web")
+    pods.budgets["web"] = 0
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, pods._recover, "web")  # the budget makes room after a while
+    report, quiet, _ = await quiet_drain(pods, FAST)
+    assert report.complete
+    evictions = [name for verb, name, _ in pods.calls if verb == "evict"]
+    accepted_b = max(t for t, name in zip(pods.call_times, evictions, strict=True) if name == "b")
+    assert evictions.count("b") > 1  # refused (429) at first
+    assert len(quiet) == 1 and quiet[0] >= accepted_b

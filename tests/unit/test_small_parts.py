@@ -70,6 +70,21 @@ async def test_cancelled_waiter_does_not_leak_a_slot() -> None:
         pass
 
 
+async def test_a_slot_given_up_early_goes_to_the_next_waiter_once() -> None:
+    slots = DeadlineSlots(1)
+    async with slots.hold(0) as release:
+        first = asyncio.create_task(slots.hold(1).__aenter__())
+        second = asyncio.create_task(slots.hold(2).__aenter__())
+        await asyncio.sleep(0)
+        release()
+        release()  # a second call gives nothing more
+        await asyncio.sleep(0)
+        assert first.done() and not second.done()
+    await asyncio.sleep(0)
+    assert not second.done()  # leaving after the early release did not free another slot
+    second.cancel()
+
+
 @pytest.mark.parametrize(
     ("outcome", "unknown", "fate"),
     [

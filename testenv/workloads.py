@@ -247,6 +247,25 @@ def delete_namespace(client: KubeClient, name: str, *, wait: bool = False, timeo
 # -- deployments and PDBs ---------------------------------------------------------------------------------------
 
 
+def bare_pod_manifest(name: str, node: str, *, finalizers: Sequence[str] = ()) -> JSON:
+    """A pod bound straight to `node` (no scheduler, no controller) with no grace; `finalizers` keep it, terminating,
+    after its deletion until they are taken off."""
+    metadata: JSON = {"name": name}
+    if finalizers:
+        metadata["finalizers"] = list(finalizers)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
+            "tolerations": [{"key": KWOK_ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}],
+        },
+    }
+
+
 def deployment_manifest(
     name: str,
     replicas: int,

@@ -149,10 +149,7 @@ class SharedDeletions:
                 self._lost.set_result(None)
 
     def _take(self, event: JSON) -> None:
-        kind = str(event.get("type"))
-        obj: JSON = event.get("object") or {}
-        if kind == "ERROR":
-            raise ApiError(int(obj.get("code", 500)), str(obj.get("reason", "")), str(obj.get("message", "")))
+        kind, obj = watching.decoded(event)
         meta = obj.get("metadata") or {}
         version = version_number(str(meta.get("resourceVersion", "")))
         if version is None:

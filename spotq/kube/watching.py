@@ -132,7 +132,7 @@ async def list_and_watch(
                 live = None
                 async with contextlib.aclosing(stream) as events:
                     async for event in events:
-                        kind, obj = _decoded(event)
+                        kind, obj = decoded(event)
                         version = str((obj.get("metadata") or {}).get("resourceVersion", version))
                         failures, progressed = 0, True
                         if kind in ("ADDED", "MODIFIED", "DELETED"):
@@ -234,7 +234,7 @@ async def _initial_state(stream: AsyncGenerator[JSON, None]) -> tuple[str, list[
     None if the stream ends before it."""
     items: list[JSON] = []
     async for event in stream:
-        kind, obj = _decoded(event)
+        kind, obj = decoded(event)
         if kind == "ADDED":
             items.append(obj)
         elif kind == "BOOKMARK":
@@ -255,7 +255,7 @@ def _watch(transport: Transport, resource: Resource, version: str) -> AsyncGener
     return transport.watch(resource.path, query, operation=f"watch_{resource.name}")
 
 
-def _decoded(event: JSON) -> tuple[str, JSON]:
+def decoded(event: JSON) -> tuple[str, JSON]:
     """A watch event as (type, object); an ERROR event raises ApiError."""
     kind = str(event.get("type"))
     obj: JSON = event.get("object") or {}

@@ -16,7 +16,7 @@ from spotq.observability import metrics
 from spotq.ports import Pod
 from spotq.settings import KubeSettings
 from testenv import LocalCluster
-from testenv.workloads import KWOK_ANNOTATION
+from testenv.workloads import bare_pod_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -36,20 +36,7 @@ def bare_pods(cluster: LocalCluster, namespace: str, node: str, count: int) -> s
     names = set()
     for i in range(count):
         name = f"p{i}"
-        cluster.client.create(
-            f"/api/v1/namespaces/{namespace}/pods",
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name},
-                "spec": {
-                    "nodeName": node,
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
-                    "tolerations": [{"key": KWOK_ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}],
-                },
-            },
-        )
+        cluster.client.create(f"/api/v1/namespaces/{namespace}/pods", bare_pod_manifest(name, node))
         names.add(name)
     return names
 

@@ -15,7 +15,7 @@ from spotq.kube.pods import PodClient
 from spotq.observability import metrics
 from spotq.settings import KubeSettings
 from testenv import LocalCluster
-from testenv.workloads import KWOK_ANNOTATION
+from testenv.workloads import bare_pod_manifest
 
 pytestmark = pytest.mark.integration
 
@@ -29,18 +29,7 @@ def held_pods(cluster: LocalCluster, namespace: str, node: str, count: int) -> l
     for i in range(count):
         name = f"{node}-p{i}"
         cluster.client.create(
-            f"/api/v1/namespaces/{namespace}/pods",
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {"name": name, "finalizers": [FINALIZER]},
-                "spec": {
-                    "nodeName": node,
-                    "terminationGracePeriodSeconds": 0,
-                    "containers": [{"name": "app", "image": "registry.invalid/app:1"}],
-                    "tolerations": [{"key": KWOK_ANNOTATION, "operator": "Exists", "effect": "NoSchedule"}],
-                },
-            },
+            f"/api/v1/namespaces/{namespace}/pods", bare_pod_manifest(name, node, finalizers=[FINALIZER])
         )
         names.append(name)
     return names

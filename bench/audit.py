@@ -4,6 +4,11 @@
 busy during every phase; the audit policy (see world.audit_policy) records only the benchmark's own
 ServiceAccounts (spotq, kubectl drain, the ceiling client, aws-node-termination-handler), so each count here
 is exactly that contender's requests, whatever else the cluster did.
+
+Node writes are recorded with their request body (the policy's Request level for them): when a contender's write
+that tainted or cordoned a node returned is the moment the node was marked, as the API server has it. A watch
+(bench/observing.py) sees the same change later, by however far its delivery lags under the wave's load: the
+taint+cordon ceiling's client times its own answers, so spotq's rate against it is timed by the answers too.
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ class Requests:
     # Pod name → when its first accepted eviction completed (the pod's grace starts then), for the deadline figures.
     evicted_at: dict[str, float] = field(default_factory=dict)
     throttled: int = 0  # 429 from API priority and fairness (not a PDB refusal)
+    # Node name → when the first accepted write cordoning it completed; node name → taint key → the same for the
+    # taint (whichever of the contender's writes carried it: spotq sends both in one PATCH, NTH in two requests).
+    cordoned_at: dict[str, float] = field(default_factory=dict)
+    tainted_at: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +53,50 @@ class Requests:
         if len(times) < 2 or times[-1] == times[0]:
             return None
         return (len(times) - 1) / (times[-1] - times[0])
+
+    def marked_at(self, taint_key: str | None) -> dict[str, float]:
+        """Node name → when it was cordoned and (unless `taint_key` is None) tainted with `taint_key`, the later."""
+        found: dict[str, float] = {}
+        for node, cordoned in self.cordoned_at.items():
+            tainted = self.tainted_at.get(node, {}).get(taint_key) if taint_key is not None else cordoned
+            if tainted is not None:
+                found[node] = max(cordoned, tainted)
+        return found
+
+    def note_node_write(self, node: str, body: Any, done: float) -> None:
+        """Record what an accepted node write (`body`: its request object) marked, at `done`."""
+        cordon, taints = node_marks_in(body)
+        if cordon:
+            self.cordoned_at.setdefault(node, done)
+        for key in taints:
+            self.tainted_at.setdefault(node, {}).setdefault(key, done)
+
+
+def node_marks_in(body: Any) -> tuple[bool, set[str]]:
+    """Whether a node write's body cordons the node, and the taint keys it sets (pure). A merge or strategic
+    merge patch and an update carry `spec`; a JSON patch is a list of operations."""
+    if isinstance(body, dict):
+        spec = body.get("spec")
+        if not isinstance(spec, dict):
+            return False, set()
+        taints = spec.get("taints")
+        keys = {t["key"] for t in taints if isinstance(t, dict) and "key" in t} if isinstance(taints, list) else set()
+        return spec.get("unschedulable") is True, keys
+    cordon, keys = False, set()
+    for op in body if isinstance(body, list) else []:
+        if not isinstance(op, dict) or op.get("op") not in ("add", "replace"):
+            continue
+        path, value = op.get("path", ""), op.get("value")
+        if path == "/spec/unschedulable" and value is True:
+            cordon = True
+        elif path == "/spec" or path.startswith("/spec/taints"):
+            more = node_marks_in({"spec": value} if path == "/spec" else {"spec": {"taints": _as_list(value)}})
+            cordon, keys = cordon or more[0], keys | more[1]
+    return cordon, keys
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
 
 
 class AuditLog:
@@ -84,6 +137,9 @@ class AuditLog:
                     requests.evictions_accepted.append(_stamp(event["requestReceivedTimestamp"]))
                     done = _stamp(event.get("stageTimestamp") or event["requestReceivedTimestamp"])
                     requests.evicted_at.setdefault(ref.get("name", ""), done)
+                if resource == "nodes" and verb in ("patch", "update") and 200 <= code < 300:
+                    done = _stamp(event.get("stageTimestamp") or event["requestReceivedTimestamp"])
+                    requests.note_node_write(ref.get("name", ""), event.get("requestObject"), done)
                 if code == 429 and resource != "pods/eviction":
                     requests.throttled += 1
         return result

@@ -47,7 +47,8 @@ def phase(
     who: str,
 ) -> dict[str, Any]:
     """The figures every contender gets. `rows` carry per-node times (enqueued, received, marked, drained; None
-    when not reached), `start` is when the wave was sent, `event_time` the warnings' own time (whole seconds)."""
+    when not reached; marked: when the write that marked the node returned, by the audit log; marked_seen: when the
+    node watch saw it), `start` is when the wave was sent, `event_time` the warnings' own time (whole seconds)."""
 
     def since(key: str, origin: str = "enqueued") -> list[float | None]:
         return [r[key] - r[origin] if r.get(key) is not None and r.get(origin) is not None else None for r in rows]
@@ -75,6 +76,8 @@ def phase(
         "enqueued_to_received": stats(since("received")),
         "received_to_marked": stats(since("marked", "received")),
         "enqueued_to_marked": stats(since("marked")),
+        # The same marks as the benchmark's node watch saw them (later, by the watch's lag under load).
+        "enqueued_to_marked_seen": stats(since("marked_seen")),
         "enqueued_to_drained": stats(since("drained")),
         # First warning sent → last node tainted+cordoned: nodes per second, against the minimal client's.
         "mark_rate_per_second": rounded(len(marked) / (max(marked) - start), 1) if marked else None,

@@ -107,13 +107,15 @@ def _wave(run: ScaleRun, config: str, process: ManagedProcess, router: AwsRouter
     requests = run.audit.since_mark([world.user("nth")])[world.user("nth")]
     described, aws_calls = router.since(aws_mark)
     snap = observer.snapshot()
+    marked_at = requests.marked_at(nth.TAINT)  # when its writes returned; the watch's sighting beside it
     rows = [
         {
             "node": name,
             "pods": snap["nodes"][name]["pods_at_start"],
             "enqueued": stamp,
             "received": router.received.get(instance_of[name]),
-            "marked": snap["nodes"][name]["marked"],
+            "marked": marked_at.get(name, snap["nodes"][name]["marked"]),
+            "marked_seen": snap["nodes"][name]["marked"],
             "drained": snap["nodes"][name]["drained"],
         }
         for name, stamp in zip(nodes, enqueued, strict=True)

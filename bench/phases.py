@@ -156,6 +156,8 @@ class ScaleRun:
         received_at = spotq_signals.received_times(log_path)
         recorded = spotq_signals.node_records(cluster, nodes)
         snap = observer.snapshot()
+        # Marked when spotq's write returned (the audit log); the watch's sighting is kept beside it.
+        marked_at = requests.marked_at(world.SPOT_TAINT)
         rows = []
         for name, stamp in zip(nodes, enqueued, strict=True):
             times = snap["nodes"][name]
@@ -166,7 +168,8 @@ class ScaleRun:
                     "pods": times["pods_at_start"],
                     "enqueued": stamp,
                     "received": received,
-                    "marked": times["marked"],
+                    "marked": marked_at.get(name, times["marked"]),
+                    "marked_seen": times["marked"],
                     "drained": times["drained"],
                     "recorded_noticed": recorded[name]["noticed_at"],
                     "recorded_drain": recorded[name]["drain"],
@@ -285,13 +288,15 @@ class ScaleRun:
         observer.stop()
         requests = self.audit.since_mark([world.user("kubectl-drain")])[world.user("kubectl-drain")]
         snap = observer.snapshot()
+        marked_at = requests.marked_at(None)  # kubectl drain cordons, it does not taint
         rows = [
             {
                 "node": name,
                 "pods": snap["nodes"][name]["pods_at_start"],
                 "enqueued": start,
                 "received": drains.started.get(name),
-                "marked": snap["nodes"][name]["marked"],
+                "marked": marked_at.get(name, snap["nodes"][name]["marked"]),
+                "marked_seen": snap["nodes"][name]["marked"],
                 "drained": snap["nodes"][name]["drained"],
                 "kubectl_finished": drains.finished.get(name),
                 "exit_code": drains.exit_codes.get(name),

@@ -129,6 +129,8 @@ ROWS = (
     Row("enqueued → received p50 / p99 / max, s", _triple("enqueued_to_received"), _key("enqueued_to_received.p99")),
     Row("enqueued → tainted+cordoned p50 / p99 / max, s", _triple("enqueued_to_marked"),
         _key("enqueued_to_marked.p99")),
+    Row("enqueued → tainted+cordoned as the node watch saw it, p50 / p99 / max, s", _triple("enqueued_to_marked_seen"),
+        _key("enqueued_to_marked_seen.p99")),
     Row("enqueued → drained p50 / p99 / max, s", _triple("enqueued_to_drained"), _key("enqueued_to_drained.p99")),
     Row("all nodes drained, s", _all_drained,
         lambda p, s: p.get("all_drained_seconds") or p.get("projected_all_drained_seconds")),

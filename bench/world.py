@@ -14,7 +14,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,15 +111,21 @@ class Workload:
         return result
 
 
-def audit_policy(path: Path) -> Path:
-    users = json.dumps([user(identity) for identity in IDENTITIES])
+def audit_policy(path: Path, users: Sequence[str] | None = None) -> Path:
+    """The API server's audit policy: the benchmark's identities (or `users`) only; node writes with their body
+    (bench/audit.py times the marks by them), everything else by its metadata."""
+    users_json = json.dumps(list(users) if users is not None else [user(identity) for identity in IDENTITIES])
     path.write_text(
         f"""apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived", "ResponseStarted"]
 rules:
+- level: Request
+  users: {users_json}
+  verbs: ["patch", "update"]
+  resources: [{{group: "", resources: ["nodes"]}}]
 - level: Metadata
-  users: {users}
+  users: {users_json}
 - level: None
 """
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testenv import LocalCluster, workloads
+from testenv import LocalCluster, audit_flags, workloads
 from testenv.kube import KubeApiError
 from testenv.workloads import NodeInfo
 
@@ -146,13 +146,7 @@ def start_cluster(workdir: Path) -> LocalCluster:
         keep_workdir=True,
         pod_ready_delay=1.0,
         extra_args={
-            "kube-apiserver": [
-                f"--audit-policy-file={policy}",
-                f"--audit-log-path={workdir / 'audit.log'}",
-                "--audit-log-maxsize=0",
-                "--audit-log-mode=batch",
-                "--audit-log-batch-max-wait=1s",
-            ],
+            "kube-apiserver": audit_flags(policy, workdir / "audit.log"),
             "kwok": ["--node-lease-duration-seconds=3600"],
             "kube-controller-manager": ["--node-monitor-grace-period=3600s"],
         },

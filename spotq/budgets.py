@@ -43,17 +43,19 @@ def _matches(selector: JSON | None, labels: Mapping[str, str]) -> bool:
     return True
 
 
-# Evictions in flight under one budget. Each accepted eviction rewrites the PDB's status; concurrent ones conflict
-# inside the API server, which retries each loser after 500 ms (EvictionsRetry). A few at a time keep the server
-# busy through those pauses without turning most of its work into conflicts (measured: bench/README.md).
-IN_FLIGHT_PER_BUDGET = 4
+# Evictions in flight under one budget (SPOTQ_DRAIN__EVICTIONS_IN_FLIGHT_PER_BUDGET). Each accepted eviction
+# rewrites the PDB's status; concurrent ones conflict inside the API server, which retries each loser after 500 ms
+# (EvictionsRetry): one at a time keeps the server's work free of those pauses and conflicts (measured at 200x20:
+# bench/results/order-evaluation/200x20-evictions-per-budget.md).
+IN_FLIGHT_PER_BUDGET = 1
 # covering()'s remembered answers, at most.
 _COVERS_KEPT = 10_000
 
 
 class _Budget:
-    def __init__(self, selector: JSON | None) -> None:
+    def __init__(self, selector: JSON | None, in_flight: int) -> None:
         self.selector = selector
+        self.in_flight = in_flight
         self.allowed: int | None = None  # status.disruptionsAllowed; None until the controller has reported it
         self.disrupted: frozenset[str] = frozenset()  # status.disruptedPods: pods whose eviction it admitted
         self.outstanding = 0  # evictions admitted whose request has not returned yet
@@ -63,7 +65,7 @@ class _Budget:
     @property
     def room(self) -> int:
         allowed = self.allowed if self.allowed is not None else 0
-        return min(allowed, IN_FLIGHT_PER_BUDGET) - self.outstanding
+        return min(allowed, self.in_flight) - self.outstanding
 
     def admit(self) -> None:
         """Let waiters in while there is room; each is counted as outstanding from its grant."""
@@ -78,7 +80,8 @@ class _Budget:
 
 
 class Budgets:
-    def __init__(self) -> None:
+    def __init__(self, in_flight_per_budget: int = IN_FLIGHT_PER_BUDGET) -> None:
+        self._in_flight = in_flight_per_budget
         self._budgets: dict[BudgetKey, _Budget] = {}
         self._by_namespace: dict[str, set[str]] = {}
         # covering()'s answers by (namespace, pod labels): a wave's pods share a few label sets, and matching each
@@ -98,7 +101,7 @@ class Budgets:
         if budget is None or budget.selector != selector:
             self._covers.clear()
         if budget is None:
-            budget = self._budgets[key] = _Budget(selector)
+            budget = self._budgets[key] = _Budget(selector, self._in_flight)
         self._by_namespace.setdefault(key[0], set()).add(key[1])
         budget.selector = selector
         status = pdb.get("status") or {}

@@ -3,7 +3,7 @@ IMDS mock, all on 127.0.0.1. Build the binaries once with ``make testenv``; see 
 """
 
 from .aws import LIFECYCLE_ACTIONS, LifecycleActionCall, LifecycleActionLog, MotoServer, install_lifecycle_actions
-from .cluster import LocalCluster, write_kubeconfig
+from .cluster import LocalCluster, audit_flags, write_kubeconfig
 from .imds import ImdsMock
 from .kube import KubeApiError, KubeClient
 from .procs import StartupError
@@ -22,6 +22,7 @@ __all__ = [
     "MotoServer",
     "NodeInfo",
     "StartupError",
+    "audit_flags",
     "bin_dir",
     "install_lifecycle_actions",
     "missing_tools",

@@ -43,6 +43,15 @@ SERVICE_CLUSTER_IP_RANGE = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"  # kwok hands pod IPs out of this range; nothing ever connects to them
 
 
+def audit_flags(policy: Path, log: Path, *, blocking: bool = False) -> list[str]:
+    """kube-apiserver flags for an audit log at `log` by `policy`, never rotated: written in batches within 1 s, or
+    (`blocking`) each request on record before it is answered."""
+    flags = [f"--audit-policy-file={policy}", f"--audit-log-path={log}", "--audit-log-maxsize=0"]
+    return flags + (
+        ["--audit-log-mode=blocking"] if blocking else ["--audit-log-mode=batch", "--audit-log-batch-max-wait=1s"]
+    )
+
+
 def _has_default_route() -> bool:
     try:
         lines = Path("/proc/net/route").read_text().splitlines()[1:]

@@ -14,7 +14,7 @@ import pytest
 
 from bench import world
 from bench.audit import AuditLog
-from testenv import LocalCluster
+from testenv import LocalCluster, audit_flags
 
 pytestmark = pytest.mark.integration
 
@@ -29,14 +29,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
     log = workdir / "audit.log"
     cluster = LocalCluster(
         workdir=workdir / "cluster",
-        extra_args={
-            "kube-apiserver": [
-                f"--audit-policy-file={policy}",
-                f"--audit-log-path={log}",
-                "--audit-log-mode=batch",
-                "--audit-log-batch-max-wait=1s",
-            ]
-        },
+        extra_args={"kube-apiserver": audit_flags(policy, log)},
     )
     cluster.start()
     try:

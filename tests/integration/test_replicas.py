@@ -23,7 +23,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from testenv import LocalCluster, MotoServer
+from testenv import LocalCluster, MotoServer, audit_flags
 from testenv.spotq import SpotqProcess
 from testenv.workloads import NodeInfo
 
@@ -73,14 +73,7 @@ def audited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LocalClu
     log = work / "audit.log"
     cluster = LocalCluster(
         workdir=work / "cluster",
-        extra_args={
-            "kube-apiserver": [
-                f"--audit-policy-file={policy}",
-                f"--audit-log-path={log}",
-                "--audit-log-maxsize=0",
-                "--audit-log-mode=blocking",  # each request on record before it is answered
-            ]
-        },
+        extra_args={"kube-apiserver": audit_flags(policy, log, blocking=True)},  # each request on record at once
     )
     cluster.start()
     try:

@@ -25,6 +25,11 @@ def _stamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
+def _completed(event: dict[str, Any]) -> float:
+    """When the request's response was complete (its receipt where the stage time is missing)."""
+    return _stamp(event.get("stageTimestamp") or event["requestReceivedTimestamp"])
+
+
 @dataclass
 class Requests:
     total: int = 0
@@ -135,11 +140,9 @@ class AuditLog:
                 requests.by_code[code] += 1
                 if resource == "pods/eviction" and 200 <= code < 300:
                     requests.evictions_accepted.append(_stamp(event["requestReceivedTimestamp"]))
-                    done = _stamp(event.get("stageTimestamp") or event["requestReceivedTimestamp"])
-                    requests.evicted_at.setdefault(ref.get("name", ""), done)
+                    requests.evicted_at.setdefault(ref.get("name", ""), _completed(event))
                 if resource == "nodes" and verb in ("patch", "update") and 200 <= code < 300:
-                    done = _stamp(event.get("stageTimestamp") or event["requestReceivedTimestamp"])
-                    requests.note_node_write(ref.get("name", ""), event.get("requestObject"), done)
+                    requests.note_node_write(ref.get("name", ""), event.get("requestObject"), _completed(event))
                 if code == 429 and resource != "pods/eviction":
                     requests.throttled += 1
         return result

@@ -47,6 +47,7 @@ class ImdsMock:
         self.verbose = verbose
         self.port = 0
         self.endpoint_url = ""
+        self.spawned_at = 0.0  # time.monotonic() just before the process was started: its timers count from later
         self._proc: ManagedProcess | None = None
 
     def __enter__(self) -> ImdsMock:
@@ -81,7 +82,7 @@ class ImdsMock:
             config.write_text(json.dumps({"metadata": {"values": {"instance-id": self.instance_id}}}))
             args += ["--config-file", str(config)]
         args += list(self.extra_args)
-        t0 = time.monotonic()
+        t0 = self.spawned_at = time.monotonic()
         self._proc = ManagedProcess("ec2-metadata-mock", args, self.workdir / f"imds-{self.port}.log")
 
         def serving() -> bool:

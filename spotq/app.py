@@ -136,7 +136,7 @@ async def open_core(
     kube = await KubeClient.connect(settings.kube, max_connections=connections)
     stack.push_async_callback(kube.close)
     index = NodeIndex(selector, settings.kube.taint_prefix)
-    budgets = Budgets(settings.drain.evictions_in_flight_per_budget)
+    budgets = Budgets(settings.drain.evictions_in_flight_per_budget, settings.drain.evictions_in_flight_target)
     replicas = None
     if identity is not None and settings.kube.pod_namespace:
         replicas = ReplicaLeases(

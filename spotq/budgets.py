@@ -5,7 +5,8 @@ Without this, every drain would ask the Eviction API for every pod at once and r
 timer: in a mass interruption most of those requests are refused, they crowd out the requests that can succeed,
 and a pod's turn does not follow its node's deadline. Worse, many evictions under one budget at once conflict on
 its status inside the API server. With it, a few evictions per budget are in flight, budgets proceed in parallel,
-and the refusals that remain are the races between a status update and the next eviction.
+and the refusals that remain are the races between a status update and the next eviction. How many per budget
+follows how many budgets have work (see IN_FLIGHT_TARGET), unless set.
 While the watch is not running (no RBAC to list PDBs, or not started), `turn` lets every eviction through and
 draining falls back to retrying 429s.
 """
@@ -13,7 +14,8 @@ draining falls back to retrying 429s.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import math
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,29 +45,45 @@ def _matches(selector: JSON | None, labels: Mapping[str, str]) -> bool:
     return True
 
 
-# Evictions in flight under one budget (SPOTQ_DRAIN__EVICTIONS_IN_FLIGHT_PER_BUDGET). Each accepted eviction
-# rewrites the PDB's status; concurrent ones conflict inside the API server, which retries each loser after 500 ms
-# (EvictionsRetry): one at a time keeps the server's work free of those pauses and conflicts (measured at 200x20:
-# bench/results/order-evaluation/200x20-evictions-per-budget.md).
-IN_FLIGHT_PER_BUDGET = 1
+# Evictions in flight under one budget, by default: about IN_FLIGHT_TARGET across the budgets that have pods waiting
+# or in flight, between 1 and IN_FLIGHT_PER_BUDGET_MAX each (SPOTQ_DRAIN__EVICTIONS_IN_FLIGHT_PER_BUDGET fixes one
+# count instead). Each accepted eviction rewrites the PDB's status; concurrent ones under one budget conflict inside
+# the API server, which retries each loser after 500 ms (EvictionsRetry). With many budgets at work one each keeps
+# the server busy without those pauses: at 200x20 (40 budgets) one at a time evicted the most pods in time. With few,
+# one each leaves the server idle between answers: at 50x10 (5 budgets) four each drained faster (both measured:
+# bench/results/order-evaluation/).
+AUTOMATIC = 0
+IN_FLIGHT_TARGET = 40
+IN_FLIGHT_PER_BUDGET_MAX = 4
 # covering()'s remembered answers, at most.
 _COVERS_KEPT = 10_000
 
 
+def per_budget(target: int, busy: int) -> int:
+    """Evictions in flight under each of `busy` budgets for about `target` in flight across them."""
+    return max(1, min(IN_FLIGHT_PER_BUDGET_MAX, math.ceil(target / max(busy, 1))))
+
+
 class _Budget:
-    def __init__(self, selector: JSON | None, in_flight: int) -> None:
+    def __init__(self, selector: JSON | None, in_flight: Callable[[], int], changed: Callable[[_Budget], None]) -> None:
         self.selector = selector
-        self.in_flight = in_flight
+        self.in_flight = in_flight  # evictions it may have in flight now
+        self.changed = changed  # told when it may have started or stopped having work
         self.allowed: int | None = None  # status.disruptionsAllowed; None until the controller has reported it
         self.disrupted: frozenset[str] = frozenset()  # status.disruptedPods: pods whose eviction it admitted
         self.outstanding = 0  # evictions admitted whose request has not returned yet
         self.waiters: gate.Gate[tuple[float, int]] = gate.Gate(hand_on=self.done)
         self.progress = 0  # counts status updates and admissions: a waiter sees whether the budget moved
+        self.removed = False  # the PDB is gone: it no longer counts among the budgets at work
 
     @property
     def room(self) -> int:
         allowed = self.allowed if self.allowed is not None else 0
-        return min(allowed, self.in_flight) - self.outstanding
+        return min(allowed, self.in_flight()) - self.outstanding
+
+    @property
+    def busy(self) -> bool:
+        return self.outstanding > 0 or self.waiters.waiting > 0
 
     def admit(self) -> None:
         """Let waiters in while there is room; each is counted as outstanding from its grant."""
@@ -77,11 +95,15 @@ class _Budget:
         """An admitted eviction ended (or its waiter left as it was admitted): its room goes to the next."""
         self.outstanding -= 1
         self.admit()
+        self.changed(self)
 
 
 class Budgets:
-    def __init__(self, in_flight_per_budget: int = IN_FLIGHT_PER_BUDGET) -> None:
-        self._in_flight = in_flight_per_budget
+    def __init__(self, in_flight_per_budget: int = AUTOMATIC, in_flight_target: int = IN_FLIGHT_TARGET) -> None:
+        self._fixed = in_flight_per_budget if in_flight_per_budget != AUTOMATIC else None
+        self._target = in_flight_target
+        self._per_budget = self._fixed or per_budget(in_flight_target, 0)
+        self._busy: set[_Budget] = set()  # budgets with evictions waiting or in flight
         self._budgets: dict[BudgetKey, _Budget] = {}
         self._by_namespace: dict[str, set[str]] = {}
         # covering()'s answers by (namespace, pod labels): a wave's pods share a few label sets, and matching each
@@ -101,7 +123,7 @@ class Budgets:
         if budget is None or budget.selector != selector:
             self._covers.clear()
         if budget is None:
-            budget = self._budgets[key] = _Budget(selector, self._in_flight)
+            budget = self._budgets[key] = _Budget(selector, self._in_flight, self._changed)
         self._by_namespace.setdefault(key[0], set()).add(key[1])
         budget.selector = selector
         status = pdb.get("status") or {}
@@ -116,7 +138,10 @@ class Budgets:
         self._by_namespace.get(namespace, set()).discard(name)
         self._covers.clear()
         if budget is not None:
+            budget.removed = True
             budget.waiters.open()  # nothing guards these pods any more: let them try
+            self._busy.discard(budget)
+            self._recount()
 
     def replace_all(self, pdbs: list[JSON]) -> None:
         keep = {
@@ -132,6 +157,32 @@ class Budgets:
         self.active = False
         for budget in self._budgets.values():
             budget.waiters.open()
+
+    # -- how many in flight per budget ---------------------------------------------------------------------------
+
+    @property
+    def in_flight_per_budget(self) -> int:
+        return self._per_budget
+
+    def _in_flight(self) -> int:
+        return self._per_budget
+
+    def _changed(self, budget: _Budget) -> None:
+        if budget.busy and not budget.removed:
+            self._busy.add(budget)
+        else:
+            self._busy.discard(budget)
+        self._recount()
+
+    def _recount(self) -> None:
+        """Follow the number of budgets at work; when each may have more in flight, let their waiters in."""
+        if self._fixed is not None:
+            return
+        now = per_budget(self._target, len(self._busy))
+        grew, self._per_budget = now > self._per_budget, now
+        if grew:
+            for budget in list(self._busy):
+                budget.admit()
 
     # -- used by draining ---------------------------------------------------------------------------------------
 
@@ -172,18 +223,23 @@ class Budgets:
             return
         admitted = False  # True when the gate's grant already counted this eviction as outstanding
         if budget.waiters.waiting or budget.room <= 0:
-            with budget.waiters.queued(order) as ticket:
-                # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as the
-                # future completes, and a drain past its deadline would then never end.
-                while not ticket.done():
-                    seen = budget.progress
-                    await asyncio.wait([ticket], timeout=patience)
-                    if not ticket.done() and budget.progress == seen:
-                        break  # a lost watch event? Try anyway: the API server has the last word.
-            admitted = gate.granted(ticket)
+            try:
+                with budget.waiters.queued(order) as ticket:
+                    self._changed(budget)
+                    # asyncio.wait, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as the
+                    # future completes, and a drain past its deadline would then never end.
+                    while not ticket.done():
+                        seen = budget.progress
+                        await asyncio.wait([ticket], timeout=patience)
+                        if not ticket.done() and budget.progress == seen:
+                            break  # a lost watch event? Try anyway: the API server has the last word.
+                admitted = gate.granted(ticket)
+            finally:
+                self._changed(budget)  # a waiter that left (its drain ended) may leave its budget without work
         if not admitted:
             budget.outstanding += 1
             budget.progress += 1
+            self._changed(budget)
         try:
             yield
         except BaseException:

@@ -96,10 +96,8 @@ async def test_evictions_wait_for_room_earliest_deadline_then_earliest_drain_fir
     assert order == ["first-drain", "second-drain", "late"]
 
 
-@pytest.mark.parametrize("cap", [None, 3])
-async def test_a_budget_has_one_eviction_in_flight_at_a_time_unless_told_more(cap: int | None) -> None:
-    # One by default: concurrent evictions under one budget conflict on its status inside the API server.
-    budgets = Budgets() if cap is None else Budgets(cap)
+async def test_a_fixed_count_per_budget_is_kept_however_few_budgets_are_at_work() -> None:
+    budgets = Budgets(3)  # SPOTQ_DRAIN__EVICTIONS_IN_FLIGHT_PER_BUDGET=3: one budget alone still has 3, not 4
     budgets.active = True
     budgets.update(pdb("web", 100))
     inside = 0
@@ -114,7 +112,53 @@ async def test_a_budget_has_one_eviction_in_flight_at_a_time_unless_told_more(ca
             inside -= 1
 
     await asyncio.gather(*(evict(n) for n in range(20)))
-    assert most == (cap or 1)
+    assert most == 3
+
+
+async def test_evictions_in_flight_per_budget_follow_how_many_budgets_have_work() -> None:
+    # Automatic (the default): about the target across the budgets at work, 1 to 4 each. Concurrent evictions
+    # under one budget conflict on its status in the API server; with few budgets one each leaves it idle.
+    budgets = Budgets(in_flight_target=8)
+    budgets.active = True
+    names = [f"b{i}" for i in range(8)]
+    for name in names:
+        budgets.update(pdb(name, 100))
+    inside = dict.fromkeys(names, 0)
+    held = {name: asyncio.Event() for name in names}
+
+    async def evict(name: str, n: int) -> None:
+        async with budgets.turn(("app", name), (1.0, n), patience=5):
+            inside[name] += 1
+            await held[name].wait()
+            inside[name] -= 1
+
+    first = [asyncio.create_task(evict(name, 0)) for name in names]  # one eviction in flight under each
+    await loop_turns()
+    assert budgets.in_flight_per_budget == 1 and all(count == 1 for count in inside.values())
+    more = [asyncio.create_task(evict(name, n)) for name in ("b0", "b1") for n in range(1, 6)]
+    await loop_turns()
+    assert inside["b0"] == inside["b1"] == 1  # eight budgets at work: one each
+    for name in names[2:]:
+        held[name].set()  # six budgets finish: two are left at work
+    await asyncio.gather(*first[2:])
+    await loop_turns()
+    assert budgets.in_flight_per_budget == 4
+    assert inside["b0"] == inside["b1"] == 4  # let in at once: no status update was needed
+
+    # Pods waiting under a budget that allows nothing count as work; once their drains give up, they do not.
+    budgets.update(pdb("none", 0))
+    held["none"], inside["none"] = asyncio.Event(), 0
+    blocked = [asyncio.create_task(evict("none", n)) for n in range(3)]
+    await loop_turns()
+    assert budgets.in_flight_per_budget == 3  # ceil(8 / 3 budgets at work)
+    for task in blocked:
+        task.cancel()
+    await asyncio.gather(*blocked, return_exceptions=True)
+    assert budgets.in_flight_per_budget == 4
+    held["b0"].set()
+    held["b1"].set()
+    await asyncio.gather(*first[:2], *more)
+    assert budgets.in_flight_per_budget == 4  # nothing at work: a new wave's first budget starts with 4
 
 
 async def test_a_refused_eviction_passes_its_turn_on_at_once() -> None:

@@ -49,11 +49,12 @@ def _matches(selector: JSON | None, labels: Mapping[str, str]) -> bool:
 # or in flight, between 1 and IN_FLIGHT_PER_BUDGET_MAX each (SPOTQ_DRAIN__EVICTIONS_IN_FLIGHT_PER_BUDGET fixes one
 # count instead). Each accepted eviction rewrites the PDB's status; concurrent ones under one budget conflict inside
 # the API server, which retries each loser after 500 ms (EvictionsRetry). With many budgets at work one each keeps
-# the server busy without those pauses: at 200x20 (40 budgets) one at a time evicted the most pods in time. With few,
-# one each leaves the server idle between answers: at 50x10 (5 budgets) four each drained faster (both measured:
-# bench/results/order-evaluation/).
+# the server busy without those pauses: at 200x20 (40 budgets) one at a time evicted the most pods in time, and a
+# target of 40 (2 to 4 each whenever fewer than 40 had work) fewer than 20 did. With few, one each leaves the server
+# idle between answers: at 50x10 (5 budgets) four each drained faster (all measured:
+# bench/results/order-evaluation/evictions-per-budget-automatic.md).
 AUTOMATIC = 0
-IN_FLIGHT_TARGET = 40
+IN_FLIGHT_TARGET = 20
 IN_FLIGHT_PER_BUDGET_MAX = 4
 # covering()'s remembered answers, at most.
 _COVERS_KEPT = 10_000

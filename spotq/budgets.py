@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from spotq import gate
+from spotq.observability import metrics
 
 JSON = dict[str, Any]
 BudgetKey = tuple[str, str]  # (namespace, name)
@@ -104,6 +105,8 @@ class Budgets:
         self._fixed = in_flight_per_budget if in_flight_per_budget != AUTOMATIC else None
         self._target = in_flight_target
         self._per_budget = self._fixed or per_budget(in_flight_target, 0)
+        metrics.EVICTIONS_IN_FLIGHT_PER_BUDGET.set(self._per_budget)
+        metrics.BUDGETS_AT_WORK.set(0)
         self._busy: set[_Budget] = set()  # budgets with evictions waiting or in flight
         self._budgets: dict[BudgetKey, _Budget] = {}
         self._by_namespace: dict[str, set[str]] = {}
@@ -177,10 +180,12 @@ class Budgets:
 
     def _recount(self) -> None:
         """Follow the number of budgets at work; when each may have more in flight, let their waiters in."""
+        metrics.BUDGETS_AT_WORK.set(len(self._busy))
         if self._fixed is not None:
             return
         now = per_budget(self._target, len(self._busy))
         grew, self._per_budget = now > self._per_budget, now
+        metrics.EVICTIONS_IN_FLIGHT_PER_BUDGET.set(now)
         if grew:
             for budget in list(self._busy):
                 budget.admit()

@@ -38,6 +38,14 @@ DRAIN_DURATION = Histogram(
 EVICTIONS = Counter("spotq_evictions", "Eviction attempts, by result.", ["result"], registry=REGISTRY)
 DRAINS_IN_FLIGHT = Gauge("spotq_drains_in_flight", "Nodes being drained now.", registry=REGISTRY)
 MESSAGES_IN_FLIGHT = Gauge("spotq_messages_in_flight", "Messages received and not yet settled.", registry=REGISTRY)
+EVICTIONS_IN_FLIGHT_PER_BUDGET = Gauge(
+    "spotq_evictions_in_flight_per_budget",
+    "Evictions a drain may keep in flight under one PodDisruptionBudget now (automatic: follows the budgets at work).",
+    registry=REGISTRY,
+)
+BUDGETS_AT_WORK = Gauge(
+    "spotq_budgets_at_work", "PodDisruptionBudgets with evictions waiting or in flight.", registry=REGISTRY
+)
 API_ERRORS = Counter(
     "spotq_api_errors", "Failed API calls, by API and operation.", ["api", "operation"], registry=REGISTRY
 )

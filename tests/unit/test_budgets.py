@@ -11,6 +11,7 @@ import pytest
 
 from spotq import budgets as budgets_module
 from spotq.budgets import Budgets
+from spotq.observability import metrics
 from spotq.ratelimit import Priority, TokenBucket
 
 
@@ -115,6 +116,11 @@ async def test_a_fixed_count_per_budget_is_kept_however_few_budgets_are_at_work(
     assert most == 3
 
 
+def gauges() -> tuple[float | None, float | None]:
+    sample = metrics.REGISTRY.get_sample_value
+    return sample("spotq_evictions_in_flight_per_budget"), sample("spotq_budgets_at_work")
+
+
 async def test_evictions_in_flight_per_budget_follow_how_many_budgets_have_work() -> None:
     # Automatic (the default): about the target across the budgets at work, 1 to 4 each. Concurrent evictions
     # under one budget conflict on its status in the API server; with few budgets one each leaves it idle.
@@ -135,6 +141,7 @@ async def test_evictions_in_flight_per_budget_follow_how_many_budgets_have_work(
     first = [asyncio.create_task(evict(name, 0)) for name in names]  # one eviction in flight under each
     await loop_turns()
     assert budgets.in_flight_per_budget == 1 and all(count == 1 for count in inside.values())
+    assert gauges() == (1, 8)  # what an operator sees on /metrics
     more = [asyncio.create_task(evict(name, n)) for name in ("b0", "b1") for n in range(1, 6)]
     await loop_turns()
     assert inside["b0"] == inside["b1"] == 1  # eight budgets at work: one each
@@ -144,6 +151,7 @@ async def test_evictions_in_flight_per_budget_follow_how_many_budgets_have_work(
     await loop_turns()
     assert budgets.in_flight_per_budget == 4
     assert inside["b0"] == inside["b1"] == 4  # let in at once: no status update was needed
+    assert gauges() == (4, 2)
 
     # Pods waiting under a budget that allows nothing count as work; once their drains give up, they do not.
     budgets.update(pdb("none", 0))
@@ -159,6 +167,7 @@ async def test_evictions_in_flight_per_budget_follow_how_many_budgets_have_work(
     held["b1"].set()
     await asyncio.gather(*first[:2], *more)
     assert budgets.in_flight_per_budget == 4  # nothing at work: a new wave's first budget starts with 4
+    assert gauges() == (4, 0)
 
 
 async def test_a_refused_eviction_passes_its_turn_on_at_once() -> None:

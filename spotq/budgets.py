@@ -51,8 +51,8 @@ def _matches(selector: JSON | None, labels: Mapping[str, str]) -> bool:
 # count instead). Each accepted eviction rewrites the PDB's status; concurrent ones under one budget conflict inside
 # the API server, which retries each loser after 500 ms (EvictionsRetry). With many budgets at work one each keeps
 # the server busy without those pauses: at 200x20 (40 budgets) one at a time evicted the most pods in time, and a
-# target of 40 (2 to 4 each whenever fewer than 40 had work) fewer than 20 did. With few, one each leaves the server
-# idle between answers: at 50x10 (5 budgets) four each drained faster (all measured:
+# target of 40 (2 to 4 each whenever fewer than 40 had work) evicted fewer than a target of 20. With few, one each
+# leaves the server idle between answers: at 50x10 (5 budgets) four each drained faster (all measured:
 # bench/results/order-evaluation/evictions-per-budget-automatic.md).
 AUTOMATIC = 0
 IN_FLIGHT_TARGET = 20
@@ -127,7 +127,7 @@ class Budgets:
         if budget is None or budget.selector != selector:
             self._covers.clear()
         if budget is None:
-            budget = self._budgets[key] = _Budget(selector, self._in_flight, self._changed)
+            budget = self._budgets[key] = _Budget(selector, lambda: self._per_budget, self._changed)
         self._by_namespace.setdefault(key[0], set()).add(key[1])
         budget.selector = selector
         status = pdb.get("status") or {}
@@ -166,9 +166,6 @@ class Budgets:
 
     @property
     def in_flight_per_budget(self) -> int:
-        return self._per_budget
-
-    def _in_flight(self) -> int:
         return self._per_budget
 
     def _changed(self, budget: _Budget) -> None:

@@ -111,6 +111,28 @@ def _budget_use(phase: dict[str, Any], scale: dict[str, Any]) -> str:
     return f"{use['unused_allowance_mean']:.1f} ({_num(use.get('budget_bound_share'), '{:.0%}')})"
 
 
+# The start of the wave: how soon the first pods leave, and how many in its first seconds.
+EARLY_SECONDS = 10
+
+
+def first_evictions(phase: dict[str, Any], seconds: float = EARLY_SECONDS) -> tuple[float, int] | None:
+    """When the first eviction was accepted, and how many were within `seconds`, after the first warning sent."""
+    offsets = dig(phase, "deadline.eviction_offsets")
+    if not offsets:
+        return None
+    return min(offsets), sum(1 for t in offsets if t <= seconds)
+
+
+def _first_evictions(phase: dict[str, Any], scale: dict[str, Any]) -> str:
+    found = first_evictions(phase)
+    return "-" if found is None else f"{found[0]:.2f} / {found[1]}"
+
+
+def _early_evictions(phase: dict[str, Any], scale: dict[str, Any]) -> float | None:
+    found = first_evictions(phase)
+    return None if found is None else found[1]
+
+
 def _load(phase: dict[str, Any], scale: dict[str, Any]) -> str:
     return f"{_num(phase.get('load_average_before'))} → {_num(phase.get('load_average_after'))}"
 
@@ -148,6 +170,8 @@ ROWS = (
         _key("deadline.bound_at_deadline")),
     Row("workload pods Ready elsewhere at +120 s", _ready_cell,
         lambda p, s: ready_at(p, s["nodes"] * s["pods_per_node"]), lower_is_better=False),
+    Row(f"first eviction accepted, s / evictions accepted within {EARLY_SECONDS} s of the first warning",
+        _first_evictions, _early_evictions, lower_is_better=False),
     Row("evictions accepted by the deadline", _plain("deadline.evicted_by_deadline"),
         _key("deadline.evicted_by_deadline"), lower_is_better=False),
     Row("API requests per evicted pod (audit log)", _plain("requests_per_evicted_pod"),

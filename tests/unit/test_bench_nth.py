@@ -205,6 +205,19 @@ def test_summary_has_nth_columns_and_spotqs_ratios() -> None:
     assert "| 20/20 | 10/20 | 4/20 | 2.0x | 5.0x |" in graceful
 
 
+def test_summary_says_when_each_contenders_first_eviction_was_accepted_and_how_many_followed_soon() -> None:
+    spotq, nth_tuned = _phase("spotq", 0.5, 20), _phase("nth-tuned", 15.0, 10)
+    spotq["deadline"]["eviction_offsets"] = [3.07, 4.0, 9.9, 10.0, 12.5]
+    nth_tuned["deadline"]["eviction_offsets"] = [0.79, 1.5, 11.0]
+    scale = {
+        "scale": "2x10", "nodes": 2, "pods_per_node": 10, "cluster": {"grace_seconds": 30},
+        "spotq": spotq, "nth-tuned": nth_tuned, "nth-defaults": _phase("nth-defaults", 300.0, 4),
+    }  # fmt: skip
+    row = next(line for line in report.contender_table(scale) if line.startswith("| first eviction accepted"))
+    # Within 10 s: four of spotq's (10.0 counts), two of NTH tuned's; none recorded for NTH defaults.
+    assert row.endswith("| 3.07 / 4 | 0.79 / 2 | - | 2.0x | - |")
+
+
 # -- NTH's process --------------------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from spotq.aws.autoscaling import Lifecycle
 from spotq.aws.ec2 import InstanceLookup
 from spotq.aws.sqs import Queue
 from spotq.dispatching import Dispatcher
+from spotq.kube import warming
 from spotq.ports import LifecycleApi
 from spotq.resolving import Resolver
 from spotq.settings import Settings
@@ -71,7 +72,8 @@ class QueueSource:
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
         assert self._lookup is not None and self._core is not None
-        work = [self._lookup.run()]
+        kube = self._settings.kube
+        work = [self._lookup.run(), warming.keep_warm(self._core.kube, min(kube.warm_connections, kube.max_in_flight))]
         if self._settings.audit.interval_seconds > 0:
             actor = self._core.actor
             work.append(

@@ -81,6 +81,13 @@ class KubeSettings(_Group):
         "first, rather than in the API server's fairness queues, which turn the excess away (429) in a mass "
         "interruption.",
     )
+    warm_connections: int = Field(
+        128,
+        ge=0,
+        description="Queue mode: connections to the API server kept open for the next wave (at most max_in_flight), "
+        "so its first taints do not wait for TLS handshakes: a GET /version on each every 50 s while spotq is "
+        "otherwise quiet; 0: none.",
+    )
     request_timeout_seconds: float = Field(15.0, gt=0, description="Timeout for one non-watch API request, s.")
     node_selector: str = Field(
         "", description="Label selector of nodes spotq may act on, e.g. 'lifecycle=Ec2Spot'; empty: all nodes."

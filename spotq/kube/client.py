@@ -50,6 +50,7 @@ class KubeClient:
         self._bucket = TokenBucket(settings.qps, settings.burst)
         # Lower key first: a taint waiting for a connection goes before evictions and Events waiting too.
         self._in_flight = DeadlineSlots(settings.max_in_flight)
+        self.requests_sent = 0  # every request sent (not watches): kube/warming.py sees the traffic
 
     @classmethod
     async def connect(cls, settings: KubeSettings, *, max_connections: int) -> KubeClient:
@@ -125,6 +126,7 @@ class KubeClient:
                 async with self._in_flight.hold(float(priority)):
                     await self._bucket.acquire(priority)
                     metrics.KUBE_REQUESTS.labels(operation=operation).inc()
+                    self.requests_sent += 1
                     answer = await self._transport.request(
                         method,
                         path,

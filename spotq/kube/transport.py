@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import asyncio.sslproto
 import json
+import ssl
 import urllib.request
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any, Protocol
@@ -30,6 +31,10 @@ JSON = dict[str, Any]
 _TLS_READ_BUFFER = 64 * 1024
 # aiohttp reads a watch line into at most twice this (4 MiB): well above etcd's 1.5 MiB object limit.
 _READ_BUFSIZE = 2**21
+# Idle connections are kept this long (aiohttp's default is 15 s): long enough for kube/warming.py's rounds to
+# keep them open, shorter than the API server's own idle timeout (90 s), so spotq never sends on a connection the
+# server is closing.
+KEEPALIVE_SECONDS = 75.0
 
 
 class Transport(Protocol):
@@ -85,14 +90,19 @@ class HttpTransport:
 
     @classmethod
     def over(cls, api: Any, *, request_timeout_seconds: float) -> HttpTransport:
-        """On a kubernetes_asyncio ApiClient's connector (its TLS settings and pool) and credentials.
+        """With a kubernetes_asyncio ApiClient's configuration (its TLS settings, pool size) and credentials.
 
         Our own session: that client's session trusts the environment, which costs a thread-pool hop and a
-        ~/.netrc lookup on every request. The proxy, if any, is decided once here instead.
+        ~/.netrc lookup on every request. The proxy, if any, is decided once here instead. Our own connector too:
+        its idle connections are kept for KEEPALIVE_SECONDS, not aiohttp's 15 s (see kube/warming.py).
         """
-        session = aiohttp.ClientSession(
-            connector=api.rest_client.pool_manager.connector, connector_owner=False, read_bufsize=_READ_BUFSIZE
+        configuration = api.configuration
+        connector = aiohttp.TCPConnector(
+            limit=configuration.connection_pool_maxsize,
+            ssl=tls_context(configuration),
+            keepalive_timeout=KEEPALIVE_SECONDS,
         )
+        session = aiohttp.ClientSession(connector=connector, read_bufsize=_READ_BUFSIZE)
 
         async def authorize(headers: dict[str, str]) -> None:
             await api.update_params_for_auth(headers, [], ["BearerToken"])
@@ -180,6 +190,21 @@ class HttpTransport:
         except http_exceptions.LineTooLong as exc:
             metrics.API_ERRORS.labels(api="kubernetes", operation=operation).inc()
             raise WatchStreamError(f"{operation}: watch line longer than {2 * _READ_BUFSIZE} bytes") from exc
+
+
+def tls_context(configuration: Any) -> ssl.SSLContext:
+    """The TLS settings of a kubernetes_asyncio Configuration (from a kubeconfig or the in-cluster config), as
+    kubernetes_asyncio's own REST client applies them: the cluster's CA, a client certificate if any, and
+    insecure-skip-tls-verify."""
+    context = ssl.create_default_context(cafile=configuration.ssl_ca_cert)
+    if configuration.cert_file:
+        context.load_cert_chain(configuration.cert_file, keyfile=configuration.key_file)
+    if not configuration.verify_ssl:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if configuration.disable_strict_ssl_verification:
+        context.verify_flags &= ~ssl.VERIFY_X509_STRICT
+    return context
 
 
 def proxy_for(host: str, configured: str | None) -> str | None:

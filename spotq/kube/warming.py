@@ -4,11 +4,11 @@ A wave's first taints go out together, each on a connection of its own (kube.max
 that is not open yet costs a TCP and TLS handshake, on spotq's one core and the API server's, before its PATCH is
 even sent. With none open, a wave's taints waited for 128 handshakes: against a local control plane 100 node
 PATCHes through spotq's client took 0.29 s on new connections and 0.17 s on open ones, and a 200-node wave's
-marks p99 fell from 0.67-0.79 s to 0.45-0.59 s (bench/results/warm-connections.md). Idle connections close
-(aiohttp's after transport.KEEPALIVE_SECONDS, the API server's after 90 s): every ROUND_SECONDS this sends
-`connections` GET /version at once, each on a connection of its own, unless spotq's own requests since the last
-round (a wave) were at least as many: they kept the connections in use. /version is the cheapest request there is
-(no object, no etcd; audit policies commonly leave it out); 128 open connections cost ~16 MB of RSS.
+marks p99 went from 0.75 s to 0.56 s (medians of 4 and 5 runs; bench/results/warm-connections.md). Idle
+connections close (aiohttp's after transport.KEEPALIVE_SECONDS, the API server's after 90 s): every ROUND_SECONDS
+this sends `connections` GET /version at once, each on a connection of its own, unless spotq's own requests since
+the last round (a wave) were at least as many: they kept the connections in use. /version is the cheapest request
+there is (no object, no etcd; audit policies commonly leave it out); 128 open connections cost ~15 MB of RSS.
 """
 
 from __future__ import annotations
